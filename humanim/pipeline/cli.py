@@ -1,0 +1,70 @@
+"""The `humanim` command."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Build human-animation training shards from videos of people."""
+
+
+@main.command()
+@click.argument("src")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Build config (YAML); configs/default.yaml when omitted.")
+@click.option("--address", default=None, help="Join a running Ray cluster (e.g. 'auto') instead of starting one.")
+@click.option("--num-cpus", type=int, default=None, help="CPUs for the local Ray instance (default: all).")
+def build(src: str, out: Path, config_path: str | None, address: str | None, num_cpus: int | None) -> None:
+    """Build shards from SRC (a folder, a glob, or a .txt/.parquet list of videos) into OUT."""
+    from humanim.pipeline import config as config_module
+    from humanim.pipeline.build import build as run_build
+
+    config = config_module.load(config_path or CONFIGS / "default.yaml")
+    run_build(src, out, config, address=address, num_cpus=num_cpus)
+
+
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(out: Path) -> None:
+    """Check every sample of every shard in OUT against the schema and the manifest."""
+    from humanim.pipeline.verify import verify_build
+
+    problems = verify_build(out)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {out}:", err=True)
+        for problem in problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"{out}: every shard and sample matches the schema and the manifest")
+
+
+@main.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("key")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the contact sheet (default: OUT/inspect/KEY.png).")
+def inspect(out: Path, key: str, png: Path | None) -> None:
+    """Print a sample's fields and write a contact sheet of its frames."""
+    from humanim.pipeline.contact_sheet import inspect_sample
+
+    inspect_sample(out, key, png or out / "inspect" / f"{key}.png")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"))
+def demo(out: Path) -> None:
+    """Build the offline preset on an embedded input, verify it and draw a contact sheet."""
+    from humanim.pipeline.demo import run_demo
+
+    run_demo(out, CONFIGS / "offline.yaml")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Build configs: a YAML file, optionally based on another (`base:`), merged over the defaults and checked.
+
+An unknown key is an error that lists the known ones, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from humanim.stages.plan import CLIP_PRESETS, PlanConfig
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "stages": ["decode"],
+    "clips": {
+        "preset": "animatediff",  # sets frames and fps; explicit frames/fps win
+        "frames": None,
+        "fps": None,
+        "stride": None,  # None: back-to-back clips (stride = frames)
+        "scene_threshold": 27.0,
+        "min_scene_frames": 8,
+        "max_clips_per_video": 0,
+        "val_fraction": 0.0,
+    },
+    "video": {
+        "width": 512,
+        "height": 512,
+        "crop": "center",
+        "crf": 18,
+        "preset": "veryfast",
+        "threads": 1,
+    },
+    "shards": {
+        "max_samples": 1000,
+        "max_bytes": 1_000_000_000,
+    },
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base: dict, override: dict, where: str) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if key not in base:
+            raise ConfigError(f"unknown config key {where}{key!r}; known keys here: {', '.join(sorted(base))}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {where}{key!r} must be a mapping")
+            merged[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_layers(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config {path} includes itself through 'base'")
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = _read_layers(path.parent / base, seen + (path,))
+    return _deep_update(parent, data)
+
+
+def _deep_update(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _deep_update(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    raw: dict[str, Any]  # fully resolved, as recorded in build.json
+
+    @property
+    def seed(self) -> int:
+        return int(self.raw["seed"])
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.raw["stages"])
+
+    @property
+    def plan(self) -> PlanConfig:
+        c = self.raw["clips"]
+        return PlanConfig(frames=int(c["frames"]), fps=float(c["fps"]), stride=int(c["stride"]),
+                          scene_threshold=float(c["scene_threshold"]), min_scene_frames=int(c["min_scene_frames"]),
+                          max_clips_per_video=int(c["max_clips_per_video"]), val_fraction=float(c["val_fraction"]))
+
+    def section(self, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.raw[name])
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
+
+
+def resolve(raw: dict[str, Any]) -> BuildConfig:
+    config = _merge(DEFAULTS, raw, "")
+    clips = config["clips"]
+    if clips["preset"] is not None:
+        if clips["preset"] not in CLIP_PRESETS:
+            raise ConfigError(f"unknown clips.preset {clips['preset']!r}; presets: {', '.join(CLIP_PRESETS)}")
+        frames, fps = CLIP_PRESETS[clips["preset"]]
+        clips["frames"] = clips["frames"] or frames
+        clips["fps"] = clips["fps"] or fps
+    if not clips["frames"] or not clips["fps"]:
+        raise ConfigError("clips.frames and clips.fps must be set (directly or through clips.preset)")
+    clips["stride"] = clips["stride"] or clips["frames"]
+    if int(clips["frames"]) < 1 or float(clips["fps"]) <= 0 or int(clips["stride"]) < 1:
+        raise ConfigError("clips.frames, clips.fps and clips.stride must be positive")
+    if config["video"]["crop"] != "center":
+        raise ConfigError(f"video.crop {config['video']['crop']!r} is not available; choose 'center'")
+    if config["stages"][:1] != ["decode"]:
+        raise ConfigError("the first stage must be 'decode': every other stage reads its frames")
+    return BuildConfig(config)
+
+
+def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    layers = _read_layers(Path(path)) if path else {}
+    return resolve(_deep_update(layers, overrides or {}))

@@ -1,0 +1,107 @@
+"""The sample registry: every field a shard sample can hold, how it is stored, and what it must look like.
+
+The writer encodes through it, `humanim verify` and the training loader decode and check through it, and
+docs/FORMAT.md is generated from it. Later stages add their fields here.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    ext: str  # WebDataset extension: the member name is f"{key}.{ext}"
+    codec: str  # "mp4" | "json" | "npy"
+    dtype: str
+    shape: tuple[str | int, ...]  # named axes resolve against the sample's meta (T, H, W)
+    units: str
+    frame: str  # coordinate frame the values live in
+    stage: str  # the stage that produces it
+    description: str
+    value_range: tuple[float, float] | None = None
+
+
+FIELDS: dict[str, Field] = {}
+
+
+def register(field: Field) -> Field:
+    if field.name in FIELDS:
+        raise ValueError(f"field {field.name!r} registered twice")
+    if any(f.ext == field.ext for f in FIELDS.values()):
+        raise ValueError(f"extension {field.ext!r} already used")
+    FIELDS[field.name] = field
+    return field
+
+
+register(Field(
+    name="frames", ext="mp4", codec="mp4", dtype="uint8", shape=("T", "H", "W", 3),
+    units="sRGB 8-bit, H.264 yuv420p", frame="clip pixels (after resample, resize, crop)", stage="decode",
+    description="The clip's frames at the target fps and resolution; every annotation indexes exactly these frames.",
+))
+register(Field(
+    name="meta", ext="meta.json", codec="json", dtype="json", shape=(),
+    units="-", frame="-", stage="decode",
+    description="Source, source sha256, frame timestamps, crop box, resolution, fps, stage names, versions and seeds.",
+))
+
+# Keys every meta.json holds; stages add their own records under meta["stages"][name].
+META_KEYS = (
+    "key", "video_id", "clip_index", "split", "source", "source_sha256", "fps", "num_frames", "width", "height",
+    "frame_times", "source_frame_indices", "source_frame_times", "crop_box", "source_resolution", "rotation",
+    "stages", "seeds",
+)
+
+
+def encode_field(field: Field, value) -> bytes:
+    if field.codec == "mp4":
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"{field.name}: the decode stage must hand over encoded mp4 bytes")
+        return bytes(value)
+    if field.codec == "json":
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    if field.codec == "npy":
+        array = np.ascontiguousarray(value, dtype=np.dtype(field.dtype))
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        return buffer.getvalue()
+    raise ValueError(f"unknown codec {field.codec!r}")
+
+
+def decode_field(field: Field, data: bytes):
+    """Bytes of one member back to a value; never unpickles."""
+    if field.codec == "mp4":
+        return decode_mp4(data)
+    if field.codec == "json":
+        return json.loads(data)
+    if field.codec == "npy":
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    raise ValueError(f"unknown codec {field.codec!r}")
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    import av  # only readers of video need PyAV
+
+    with av.open(io.BytesIO(data), format="mp4") as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    if not frames:
+        raise ValueError("mp4 holds no decodable frame")
+    return np.stack(frames)
+
+
+def field_for_member(ext: str) -> Field | None:
+    for field in FIELDS.values():
+        if field.ext == ext:
+            return field
+    return None
+
+
+def resolve_shape(field: Field, meta: dict) -> tuple[int, ...]:
+    axes = {"T": meta["num_frames"], "H": meta["height"], "W": meta["width"]}
+    return tuple(axes[a] if isinstance(a, str) else a for a in field.shape)
