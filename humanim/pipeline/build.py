@@ -123,14 +123,14 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
             ray.init(address=address, logging_level="WARNING")
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
-    # The build shows one bar of its own; Ray Data's per-operator bars and notices would bury it.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    # The build shows one bar of its own; Ray Data's per-operator bars (and its notice that they are off)
+    # would bury it.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     # Clips travel between operators as Python objects (frames plus annotations), by design.
     context.enable_fallback_to_arrow_object_ext_type = True
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _clip_dataset(specs: list[ClipSpec], plans: dict[str, dict], config: BuildConfig):

@@ -58,6 +58,14 @@ def inspect(out: Path, key: str, png: Path | None) -> None:
 
 
 @main.command()
+def schema() -> None:
+    """Print the sample format (docs/FORMAT.md) generated from the registry."""
+    from humanim.schemas.format_doc import render_format_doc
+
+    click.echo(render_format_doc(), nl=False)
+
+
+@main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"))
 def demo(out: Path) -> None:
     """Build the offline preset on an embedded input, verify it and draw a contact sheet."""
