@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 from conftest import subprocess_env
@@ -63,3 +64,26 @@ def test_inspect_prints_fields_and_writes_a_contact_sheet(reference_build, tmp_p
     sheet = np.asarray(Image.open(png))
     assert sheet.shape[0] >= 256 and sheet.std() > 10
     assert read_sample(reference_build, key)["meta"]["key"] == key
+
+
+def test_verify_lists_what_is_wrong_and_exits_non_zero(reference_build, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    broken = tmp_path / "broken"
+    shutil.copytree(reference_build, broken)
+    shard = broken / "shards" / "train-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[2000] ^= 0xFF  # inside the first sample's mp4
+    shard.write_bytes(bytes(data))
+    table = pq.read_table(broken / "manifest.parquet")
+    widths = table.column("width").to_pylist()
+    widths[0] = 99
+    pq.write_table(table.set_column(table.schema.get_field_index("width"), "width",
+                                    pa.array(widths, type=pa.int32())), broken / "manifest.parquet")
+    result = subprocess.run([sys.executable, "-m", "humanim.pipeline.cli", "verify", str(broken)],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert result.returncode == 1
+    assert "train-000001.tar: sha256" in result.stderr
+    assert "meta.json width=128 but the manifest says 99" in result.stderr

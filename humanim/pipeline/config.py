@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "scene_threshold": 27.0,
         "min_scene_frames": 8,
         "max_clips_per_video": 0,
+        "min_source_side": 64,
         "val_fraction": 0.0,
     },
     "video": {
@@ -101,7 +102,8 @@ class BuildConfig:
         c = self.raw["clips"]
         return PlanConfig(frames=int(c["frames"]), fps=float(c["fps"]), stride=int(c["stride"]),
                           scene_threshold=float(c["scene_threshold"]), min_scene_frames=int(c["min_scene_frames"]),
-                          max_clips_per_video=int(c["max_clips_per_video"]), val_fraction=float(c["val_fraction"]))
+                          max_clips_per_video=int(c["max_clips_per_video"]), min_source_side=int(c["min_source_side"]),
+                          val_fraction=float(c["val_fraction"]))
 
     def section(self, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.raw[name])

@@ -11,6 +11,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from av.video.reformatter import VideoReformatter
+
 from humanim.stages.media import av
 from humanim.stages.base import Annotations, Clip, ClipRejected, Resources, Stage
 
@@ -33,7 +35,10 @@ def read_frames(source: str, wanted_pts: set[int], rotation: int, scaled_w: int,
     frames: dict[int, np.ndarray] = {}
     with av.open(source, metadata_errors="ignore") as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # The pipeline runs one clip per core (Resources(cpus=1)), where one decoder thread costs least.
+        stream.codec_context.thread_count = 1
+        # One scaler for the clip: VideoFrame.reformat would build a new SwsContext for every frame.
+        scaler = VideoReformatter()
         container.seek(first, stream=stream, backward=True, any_frame=False)
         for packet in container.demux(stream):
             try:
@@ -42,8 +47,8 @@ def read_frames(source: str, wanted_pts: set[int], rotation: int, scaled_w: int,
                 continue  # a damaged packet: the frames it held are reported missing below
             for frame in decoded:
                 if frame.pts in wanted_pts:
-                    rgb = frame.reformat(width=reformat_w, height=reformat_h, format="rgb24",
-                                         interpolation="AREA").to_ndarray()
+                    rgb = scaler.reformat(frame, width=reformat_w, height=reformat_h, format="rgb24",
+                                          interpolation="AREA", threads=1).to_ndarray()
                     frames[frame.pts] = np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb
                 # The decoder returns frames in presentation order: past the last wanted one, we are done.
                 if frame.pts is not None and frame.pts >= last:
@@ -58,8 +63,9 @@ def encode_h264(frames: np.ndarray, fps: float, crf: int, preset: str, threads: 
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.options = {"crf": str(crf), "preset": preset, "threads": str(threads)}
         stream.codec_context.thread_count = threads
+        to_yuv = VideoReformatter()  # the conversion x264 needs, with one reused context on one thread
         for index, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame = to_yuv.reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"), format="yuv420p", threads=1)
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode())

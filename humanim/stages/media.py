@@ -1,16 +1,17 @@
-"""PyAV, imported once with FFmpeg's own logging turned down to errors.
+"""PyAV, imported once with FFmpeg's own logging off.
 
-x264 and the demuxers print statistics at info level for every clip; in a build they would bury the
-progress bar, and every real problem already reaches the failures table.
+PyAV ignores FFmpeg's log messages unless a level is set. Setting one routes every message through a Python
+callback that needs the GIL, and a decoder thread logging while the main thread frees the decoder (holding
+the GIL) deadlocks; so the level stays unset. Real problems reach us as exceptions and failures rows.
 """
 import av
 import av.logging
 
 
 def quiet_ffmpeg() -> None:
-    # PySceneDetect's PyAV backend restores FFmpeg's default (verbose) callback when it opens a video,
-    # so the planner calls this again after scene detection.
-    av.logging.set_level(av.logging.ERROR)
+    # PySceneDetect's PyAV backend restores FFmpeg's default (verbose, stderr) callback when it opens a
+    # video, so the planner calls this again after scene detection.
+    av.logging.set_level(None)
 
 
 quiet_ffmpeg()

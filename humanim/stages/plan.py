@@ -31,6 +31,7 @@ class PlanConfig:
     scene_threshold: float = 27.0  # PySceneDetect ContentDetector threshold; <= 0 turns detection off
     min_scene_frames: int = 8  # source frames; shorter flashes are not cuts
     max_clips_per_video: int = 0  # 0: no limit
+    min_source_side: int = 64  # pixels; smaller sources would be upscaled into mush
     val_fraction: float = 0.0
 
     @property
@@ -49,7 +50,7 @@ def detect_scene_starts(source: str, config: PlanConfig, num_frames: int) -> lis
                                                 min_scene_len=config.min_scene_frames), backend="pyav")
     finally:
         quiet_ffmpeg()
-    starts = sorted({0, *(int(start.get_frames()) for start, _ in scenes)})
+    starts = sorted({0, *(int(start.frame_num) for start, _ in scenes)})
     return [s for s in starts if s < num_frames]
 
 
@@ -62,6 +63,9 @@ def split_of(video_id: str, val_fraction: float) -> str:
 
 
 def plan_clips(info: VideoInfo, scene_starts: list[int], config: PlanConfig) -> list[ClipSpec]:
+    if min(info.width, info.height) < config.min_source_side:
+        raise ClipRejected(f"source resolution {info.width}x{info.height} is below clips.min_source_side="
+                           f"{config.min_source_side}")
     times = info.frame_times
     frame_seconds = 1.0 / info.average_fps
     bounds = [*scene_starts, len(times)]

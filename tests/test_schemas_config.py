@@ -1,0 +1,97 @@
+"""The sample registry, keys, seeds, the generated format document, and config loading."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO
+
+from humanim.pipeline import config as config_module
+from humanim.schemas.fields import FIELDS, Field, decode_field, encode_field
+from humanim.schemas.format_doc import render_format_doc
+from humanim.schemas.keys import clip_key, derive_seed, parse_clip_key
+
+
+def test_format_doc_is_generated_from_the_registry():
+    assert (REPO / "docs" / "FORMAT.md").read_text() == render_format_doc(), \
+        "docs/FORMAT.md is stale: run `humanim schema > docs/FORMAT.md`"
+
+
+def test_clip_keys_have_no_dots_and_round_trip():
+    key = clip_key("0123456789abcdef", 42)
+    assert key == "0123456789abcdef_00042" and "." not in key
+    assert parse_clip_key(key) == ("0123456789abcdef", 42)
+    with pytest.raises(ValueError):
+        parse_clip_key("0123456789abcdef_42.mp4")
+
+
+def test_seeds_depend_on_names_only():
+    seed = derive_seed(7, "0123456789abcdef_00001", "noise")
+    assert seed == derive_seed(7, "0123456789abcdef_00001", "noise")
+    assert len({seed, derive_seed(8, "0123456789abcdef_00001", "noise"),
+                derive_seed(7, "0123456789abcdef_00002", "noise"), derive_seed(7, "0123456789abcdef_00001", "pose")}) == 4
+
+
+def test_arrays_round_trip_without_pickle():
+    field = Field(name="probe", ext="probe.npy", codec="npy", dtype="float32", shape=("T", 3), units="-", frame="-",
+                  stage="test", description="test field")
+    value = np.arange(12, dtype=np.float64).reshape(4, 3)
+    decoded = decode_field(field, encode_field(field, value))
+    assert decoded.dtype == np.float32 and np.array_equal(decoded, value)
+    # An object array would need pickle; the reader refuses it.
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError):
+        decode_field(field, buffer.getvalue())
+    assert encode_field(FIELDS["meta"], {"b": 1, "a": [1.5]}) == b'{"a":[1.5],"b":1}'
+
+
+def test_config_presets_and_base_files(tmp_path):
+    default = config_module.load(REPO / "configs" / "default.yaml")
+    assert (default.plan.frames, default.plan.fps, default.plan.stride) == (24, 8.0, 24)
+    path = tmp_path / "wan.yaml"
+    path.write_text(yaml.safe_dump({"base": str(REPO / "configs" / "offline.yaml"),
+                                    "clips": {"preset": "wan", "stride": 40}}))
+    wan = config_module.load(path)
+    assert (wan.plan.frames, wan.plan.fps, wan.plan.stride) == (81, 16.0, 40)
+    assert wan.raw["video"] == default.raw["video"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"clips": {"framez": 8}}, "unknown config key clips.'framez'"),
+    ({"clips": {"preset": "sora"}}, "unknown clips.preset 'sora'"),
+    ({"video": {"crop": "subject"}}, "video.crop 'subject' is not available"),
+    ({"stages": ["pose"]}, "the first stage must be 'decode'"),
+])
+def test_config_errors_name_the_problem(override, message):
+    with pytest.raises(config_module.ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        config_module.resolve(override)
+
+
+def test_cluster_config_is_valid_for_rays_launcher():
+    import copy
+
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "ray_cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))
+    node_types = config["available_node_types"]
+    assert node_types[config["head_node_type"]]["resources"].get("GPU", 0) == 0
+    assert any(t["resources"].get("GPU", 0) >= 1 for t in node_types.values())
+    assert any("make install" in command for command in config["setup_commands"])
+    broken = copy.deepcopy(config)
+    broken["available_node_types"]["worker_gpu"]["min_wrokers"] = 1
+    with pytest.raises(Exception, match="min_wrokers"):
+        validate_config(prepare_config(broken))
+
+
+def test_one_opencv_distribution_and_cv2_imports():
+    from importlib import metadata
+
+    import cv2
+
+    opencv = sorted(d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].startswith("opencv"))
+    assert opencv == ["opencv-contrib-python-headless"], f"several OpenCV wheels share the cv2 folder: {opencv}"
+    assert hasattr(cv2, "FaceDetectorYN") and cv2.imdecode is not None
