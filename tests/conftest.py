@@ -13,9 +13,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO.parent / "shared" / "assets"
 
-# Small, fast clips: 8 frames at 8 fps, 128x128, a few clips per video.
+# Small, fast clips: 8 frames at 8 fps, 128x128, a few clips per video. The pipeline's mechanics (planning,
+# packing, determinism, resume) are tested with the video stages only; test_offline_build runs the rest.
 SMALL_BUILD = {
     "base": str(REPO / "configs" / "offline.yaml"),
+    "stages": ["decode"],
     "clips": {"frames": 8, "fps": 8, "max_clips_per_video": 3},
     "video": {"width": 128, "height": 128},
     "shards": {"max_samples": 3},

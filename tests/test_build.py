@@ -87,3 +87,16 @@ def test_verify_lists_what_is_wrong_and_exits_non_zero(reference_build, tmp_path
     assert result.returncode == 1
     assert "train-000001.tar: sha256" in result.stderr
     assert "meta.json width=128 but the manifest says 99" in result.stderr
+
+
+def test_default_config_without_weights_stops_before_any_worker_with_the_fetch_command(real_videos, tmp_path):
+    from conftest import REPO
+
+    env = {**subprocess_env(), "HUMANIM_MODELS": str(tmp_path / "empty"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "humanim.pipeline.cli", "build", str(real_videos),
+                             str(tmp_path / "out"), "--config", str(REPO / "configs" / "default.yaml")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0
+    assert "humanim models fetch" in result.stderr and "dw-ll_ucoco_384.onnx" in result.stderr + result.stdout \
+        or "yolox_l.onnx" in result.stderr
+    assert not (tmp_path / "out" / "shards").exists()

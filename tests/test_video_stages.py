@@ -73,9 +73,10 @@ def test_rotated_phone_video_comes_out_upright(tmp_path):
 
 
 def test_cover_crop_is_centred_and_covers():
-    scaled_w, scaled_h, box = cover_crop(1080, 1920, 512, 512)
-    assert (scaled_w, scaled_h) == (512, 910)
-    assert box[0] == 0 and box[2] == pytest.approx(1080) and box[1] == pytest.approx(1920 - box[3], abs=2)
+    crop = cover_crop(1080, 1920, 512, 512)
+    assert (crop.scaled_w, crop.scaled_h, crop.x0, crop.y0) == (512, 910, 0, 198)  # 199 rounded to even
+    assert crop.box[0] == 0 and crop.box[2] == pytest.approx(1080)
+    assert crop.box[1] == pytest.approx(1920 - crop.box[3], abs=8)
 
 
 def test_decode_is_byte_identical_and_short_videos_are_rejected(tmp_path):

@@ -25,13 +25,25 @@ from humanim.pipeline.sources import expand_sources
 from humanim.pipeline.workdir import WorkDir, atomic_write, dump_json, source_id
 from humanim.schemas.tables import FAILURES, manifest_schema
 from humanim.stages.base import Clip, ClipSpec, Stage
+from humanim.stages.blur import HandBlur
 from humanim.stages.decode import Decode
+from humanim.stages.face import Face
+from humanim.stages.masks import Masks
+from humanim.stages.pose_mediapipe import MediaPipePose
+from humanim.stages.pose_rtmlib import RtmlibPose
 from humanim.stages.plan import detect_scene_starts, plan_clips
 from humanim.stages.probe import probe
 
-STAGE_CLASSES: dict[str, type[Stage]] = {"decode": Decode}
+# Stage name -> its class, or its classes by back-end (the `backend` key of its config section).
+STAGE_CLASSES: dict[str, type[Stage] | dict[str, type[Stage]]] = {
+    "decode": Decode,
+    "pose": {"dwpose": RtmlibPose, "rtmw": RtmlibPose, "mediapipe": MediaPipePose},
+    "face": Face,  # picks its back-end itself
+    "masks": Masks,
+    "blur": HandBlur,
+}
 # The config section each stage is built from.
-STAGE_SECTIONS = {"decode": "video"}
+STAGE_SECTIONS = {"decode": "video", "pose": "pose", "face": "face", "masks": "masks", "blur": "blur"}
 
 
 @dataclass
@@ -44,10 +56,20 @@ class BuildResult:
     resumed: bool = False
 
 
-def make_stage(name: str, config: BuildConfig) -> Stage:
+def stage_class(name: str, config: BuildConfig) -> type[Stage]:
     if name not in STAGE_CLASSES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_CLASSES)}")
-    return STAGE_CLASSES[name](config.section(STAGE_SECTIONS[name]), config.seed)
+    entry = STAGE_CLASSES[name]
+    if isinstance(entry, dict):
+        backend = config.raw[STAGE_SECTIONS[name]]["backend"]
+        if backend not in entry:
+            raise ValueError(f"unknown {name}.backend {backend!r}; back-ends: {', '.join(entry)}")
+        return entry[backend]
+    return entry
+
+
+def make_stage(name: str, config: BuildConfig) -> Stage:
+    return stage_class(name, config)(config.section(STAGE_SECTIONS[name]), config.seed)
 
 
 # ---- work done inside Ray workers -------------------------------------------------------------------
@@ -119,12 +141,16 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     from ray.data import DataContext
 
     if not ray.is_initialized():
+        # Worker output (model libraries' C++ logging, per-frame warnings) stays in Ray's session logs
+        # (/tmp/ray/session_latest/logs) instead of burying the progress bar: every clip's outcome, errors
+        # included, comes back to the driver as a value.
         if address:
-            ray.init(address=address, logging_level="WARNING")
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     # The build shows one bar of its own; Ray Data's per-operator bars (and its notice that they are off)
     # would bury it.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context = DataContext.get_current()
     context.enable_progress_bars = False
@@ -138,16 +164,23 @@ def _clip_dataset(specs: list[ClipSpec], plans: dict[str, dict], config: BuildCo
 
     items = [{"clip": Clip(spec=s, meta={"source_info": plans[s.source]["info"], "stages": {}})} for s in specs]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 10_000)))
-    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    for name in config.stages:
-        resources = STAGE_CLASSES[name].resources
+    cluster = ray.cluster_resources()
+    has_gpu, total_cpus = cluster.get("GPU", 0) > 0, cluster.get("CPU", 1)
+    classes = [stage_class(name, config) for name in config.stages]
+    # Every actor pool keeps at least one actor (and its CPUs) for the whole build; on a small machine they
+    # must leave room for the task stages, or the pipeline would wait forever for a free CPU.
+    pools = sum(1 for cls in classes if cls.resources.stateful)
+    cpu_cap = total_cpus / (pools + 1)  # one pool actor each, and one task of any task stage, fit at once
+    for name, cls in zip(config.stages, classes):
+        resources = cls.resources
         gpus = resources.gpus if has_gpu else 0  # a GPU stage runs on CPU actors where no GPU exists
-        remote = {"num_cpus": resources.cpus, "num_gpus": gpus or None}
+        remote = {"num_cpus": min(resources.cpus, cpu_cap), "num_gpus": gpus or None}
         if resources.memory_bytes:
             remote["memory"] = resources.memory_bytes
         if resources.stateful:
+            most = max(1, int(total_cpus // max(remote["num_cpus"], 1e-3)))
             dataset = dataset.map(ActorStage, fn_constructor_kwargs={"name": name, "config_raw": config.raw},
-                                  concurrency=(1, max(1, int(ray.cluster_resources().get("CPU", 1)))), **remote)
+                                  compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most), **remote)
         else:
             dataset = dataset.map(run_task_stage, fn_kwargs={"name": name, "config_raw": config.raw}, **remote)
     return dataset.map(pack_row, fn_kwargs={"config_raw": config.raw}, num_cpus=0.25)
@@ -169,8 +202,8 @@ def build(src: str, out: str | Path, config: BuildConfig, address: str | None = 
         print(f"{out} is already complete ({result.clips_ok} clips in {len(result.shards)} shards); nothing to do")
         return result
 
-    for stage_name in config.stages:  # a config error surfaces here, on the driver, before any worker starts
-        make_stage(stage_name, config)
+    for name in config.stages:  # a config or install problem surfaces here, before any worker starts
+        stage_class(name, config).check_environment(config.section(STAGE_SECTIONS[name]))
     started = time.time()
     _init_ray(address, num_cpus)
     with BuildProgress(len(sources)) as progress:

@@ -74,5 +74,9 @@ def demo(out: Path) -> None:
     run_demo(out, CONFIGS / "offline.yaml")
 
 
+from humanim.pipeline.models_cli import models  # noqa: E402 - attached after the group exists
+
+main.add_command(models)
+
 if __name__ == "__main__":
     main()

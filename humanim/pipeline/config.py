@@ -37,6 +37,35 @@ DEFAULTS: dict[str, Any] = {
         "preset": "veryfast",
         "threads": 1,
     },
+    "pose": {
+        "backend": "dwpose",  # dwpose | rtmw (rtmlib ONNX, model store) | mediapipe (offline, weights in its wheel)
+        "detector": None,  # model-store names; null takes the back-end's
+        "pose_model": None,
+        "device": "cpu",  # cpu | cuda
+        "batch_size": 16,
+        "det_threshold": 0.3,
+        "kpt_threshold": 0.3,
+        "threads": 1,
+        "model_complexity": 1,  # mediapipe only
+        "min_detection_confidence": 0.5,
+        "min_tracking_confidence": 0.5,
+    },
+    "face": {
+        "backend": "insightface",  # insightface (buffalo_l, NON-COMMERCIAL) | scrfd | yunet (detection only)
+        "detector": None,
+        "recognizer": None,
+        "det_size": 640,
+        "det_threshold": 0.5,
+        "nms_threshold": 0.4,
+        "kpt_threshold": 0.3,
+        "box_margin": 0.25,
+        "min_inside": 0.5,
+        "min_face_share": 0.5,
+        "turn_margin": 0.5,
+        "frontal_tolerance": 0.1,
+    },
+    "masks": {"threshold": 0.3, "face_margin": 0.2, "hand_margin": 0.2},
+    "blur": {"threshold": 0.3, "margin": 0.2, "crop_size": 32},
     "shards": {
         "max_samples": 1000,
         "max_bytes": 1_000_000_000,
@@ -128,6 +157,9 @@ def resolve(raw: dict[str, Any]) -> BuildConfig:
         raise ConfigError("clips.frames, clips.fps and clips.stride must be positive")
     if config["video"]["crop"] != "center":
         raise ConfigError(f"video.crop {config['video']['crop']!r} is not available; choose 'center'")
+    if "face" in config["stages"] and ("pose" not in config["stages"]
+                                       or config["stages"].index("face") < config["stages"].index("pose")):
+        raise ConfigError("the face stage picks the subject's face by its keypoints: put 'pose' before 'face'")
     if config["stages"][:1] != ["decode"]:
         raise ConfigError("the first stage must be 'decode': every other stage reads its frames")
     return BuildConfig(config)

@@ -17,9 +17,42 @@ from rich.table import Table
 
 from humanim.pipeline.shards import read_members
 from humanim.schemas.fields import decode_field, field_for_member
+from humanim.stages.masks import unpack_masks
+from humanim.stages.skeleton import draw_skeleton
 
-# field name -> function(frame RGB uint8 [H,W,3], the decoded sample, frame index) -> frame RGB uint8
-OVERLAYS: dict[str, Callable[[np.ndarray, dict, int], np.ndarray]] = {}
+MASK_TINTS = np.array([(255, 60, 60), (60, 220, 60), (60, 120, 255)], dtype=np.float32)  # face, left, right hand
+
+
+def _masks_overlay(image: np.ndarray, sample: dict, index: int) -> np.ndarray:
+    masks = unpack_masks(sample["masks"][index:index + 1], image.shape[1])[0].astype(bool)
+    out = image.astype(np.float32)
+    for mask, tint in zip(masks, MASK_TINTS):
+        out[mask] = 0.55 * out[mask] + 0.45 * tint
+    return out.astype(np.uint8)
+
+
+def _skeleton_overlay(image: np.ndarray, sample: dict, index: int) -> np.ndarray:
+    drawing = draw_skeleton(sample["kpts"][index], image.shape[0], image.shape[1])
+    drawn = drawing.any(axis=-1)
+    out = image.copy()
+    out[drawn] = drawing[drawn]
+    return out
+
+
+# field name -> function(frame RGB uint8 [H,W,3], the decoded sample, frame index) -> frame RGB uint8,
+# drawn in this order
+OVERLAYS: dict[str, Callable[[np.ndarray, dict, int], np.ndarray]] = {
+    "masks": _masks_overlay,
+    "kpts": _skeleton_overlay,
+}
+
+
+def _caption(sample: dict, index: int) -> str:
+    caption = f"frame {index}  t={sample['meta']['frame_times'][index]:.2f}s"
+    if "hand_sharpness" in sample:
+        left, right = (f"{v:.0f}" if np.isfinite(v) else "-" for v in sample["hand_sharpness"][index])
+        caption += f"  hand sharpness L {left} R {right}"
+    return caption
 
 
 def read_sample(out: Path, key: str) -> dict:
@@ -50,7 +83,6 @@ def contact_sheet(sample: dict, columns: int = 4, max_frames: int = 8, tile_heig
     rows = -(-len(picks) // columns)
     sheet = Image.new("RGB", (tile_w * min(columns, len(picks)), (tile_h + 18) * rows), "white")
     draw = ImageDraw.Draw(sheet)
-    times = sample["meta"]["frame_times"]
     for slot, index in enumerate(picks):
         image = frames[index]
         for name, overlay in OVERLAYS.items():
@@ -58,7 +90,7 @@ def contact_sheet(sample: dict, columns: int = 4, max_frames: int = 8, tile_heig
                 image = overlay(image, sample, int(index))
         x, y = (slot % columns) * tile_w, (slot // columns) * (tile_h + 18)
         sheet.paste(Image.fromarray(image).resize((tile_w, tile_h), Image.BILINEAR), (x, y + 18))
-        draw.text((x + 4, y + 3), f"frame {index}  t={times[index]:.2f}s", fill="black")
+        draw.text((x + 4, y + 3), _caption(sample, int(index)), fill="black")
     return sheet
 
 

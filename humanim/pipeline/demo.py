@@ -15,7 +15,7 @@ from humanim.pipeline import config as config_module
 from humanim.pipeline.build import build
 from humanim.pipeline.contact_sheet import inspect_sample
 from humanim.pipeline.verify import verify_build
-from humanim.stages.decode import encode_h264
+from humanim.stages.decode import encode_h264, rgb_video_frames
 
 SKIN, SHIRT, TROUSERS = (224, 172, 140), (40, 90, 200), (50, 50, 60)
 
@@ -52,7 +52,7 @@ def procedural_video(path: Path, seconds_per_shot: float = 4.0, fps: int = 24, s
             _draw_figure(canvas, width * (start_x + 0.08 * np.sin(0.8 * t + shot)), 2 * np.pi * 0.8 * t)
             frames.append(canvas)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_h264(np.stack(frames), fps, crf=20, preset="veryfast", threads=1))
+    path.write_bytes(encode_h264(rgb_video_frames(np.stack(frames)), fps, crf=20, preset="veryfast", threads=1))
     return path
 
 

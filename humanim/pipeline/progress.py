@@ -54,6 +54,8 @@ def print_summary(record: dict) -> None:
     table.add_row("clips flagged", str(counts["clips_flagged"]))
     table.add_row("clips failed", str(counts["clips_failed"]))
     table.add_row("shards", f"{len(record['shards'])} ({sum(s['bytes'] for s in record['shards']) / 1e6:.1f} MB)")
+    for name, mean in record["qa_means"].items():
+        table.add_row(f"mean {name}", f"{mean:.3f}")
     for stage, spent in record["stage_seconds"].items():
         table.add_row(f"time in {stage}", f"{spent:.1f} s")
     table.add_row("wall time (this run)", f"{record['wall_seconds']:.1f} s")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import humanim
 from humanim.pipeline.config import BuildConfig
+from humanim.schemas.tables import QA_COLUMNS
 
 PACKAGES = ("humanim", "numpy", "av", "pyarrow", "ray", "webdataset", "scenedetect",
             "opencv-contrib-python-headless", "torch", "pillow", "pyyaml")
@@ -42,6 +43,16 @@ def package_versions() -> dict:
     return versions
 
 
+def _qa_means(rows: list[dict]) -> dict[str, float]:
+    """Mean of every QA figure the stages reported, over the clips that have it."""
+    means = {}
+    for name in QA_COLUMNS:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        if values:
+            means[name] = round(float(sum(values) / len(values)), 4)
+    return means
+
+
 def build_record(out: Path, config: BuildConfig, sources: list[str], packed: list[dict], failures: list[dict],
                  stage_seconds: dict[str, float], wall_seconds: float, resumed: bool, models: list[dict]) -> dict:
     rows = [row for record in packed for row in record["rows"]]
@@ -65,6 +76,7 @@ def build_record(out: Path, config: BuildConfig, sources: list[str], packed: lis
         },
         "shards": [{"name": r["shard"], "split": r["split"], "sha256": r["sha256"], "bytes": r["bytes"],
                     "samples": len(r["keys"])} for r in packed],
+        "qa_means": _qa_means(rows),
         "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
         "wall_seconds": round(wall_seconds, 3),
         "resumed": resumed,

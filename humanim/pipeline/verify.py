@@ -66,7 +66,7 @@ def _verify_shard(path: Path, listed: dict, by_key: dict, stages: list[str], see
                 sample["end"] = member.offset_data + member.size + (-member.size % BLOCK)
     except tarfile.TarError as error:
         return problems + [f"shard {path.name}: not a readable tar ({error})"]
-    required = [f for f in FIELDS.values() if f.stage in stages]
+    required = [f for f in FIELDS.values() if f.stage in stages and not f.optional]
     for key, sample in samples.items():
         seen.add(key)
         row = by_key.get(key)

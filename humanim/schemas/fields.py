@@ -24,6 +24,7 @@ class Field:
     stage: str  # the stage that produces it
     description: str
     value_range: tuple[float, float] | None = None
+    optional: bool = False  # may be absent even when its stage ran (meta says why)
 
 
 FIELDS: dict[str, Field] = {}
@@ -47,6 +48,51 @@ register(Field(
     name="meta", ext="meta.json", codec="json", dtype="json", shape=(),
     units="-", frame="-", stage="decode",
     description="Source, source sha256, frame timestamps, crop box, resolution, fps, stage names, versions and seeds.",
+))
+
+register(Field(
+    name="kpts", ext="kpts.npy", codec="npy", dtype="float32", shape=("T", 133, 3),
+    units="x, y in pixels; score in [0, 1] (0 = absent)", frame="clip pixels, pixel centres at integers",
+    stage="pose",
+    description="Whole-body keypoints of the clip's subject in the COCO-WholeBody 133 layout (docs/KEYPOINTS.md).",
+))
+register(Field(
+    name="masks", ext="masks.npy", codec="npy", dtype="uint8", shape=("T", 3, "H", "W/8"),
+    units="bits: np.packbits along W, big-endian", frame="clip pixels", stage="masks",
+    description="Face, left-hand, right-hand masks (channels in that order), bit-packed; "
+                "humanim.stages.masks.unpack_masks(masks, W) gives uint8 0/1 [T, 3, H, W].",
+))
+register(Field(
+    name="hand_sharpness", ext="hand_sharpness.npy", codec="npy", dtype="float32", shape=("T", 2),
+    units="variance of the Laplacian of the grey hand crop rescaled to a fixed side", frame="-", stage="blur",
+    description="HIA hand sharpness per frame, [left, right] hand of the person; NaN where the hand is not seen.",
+))
+register(Field(
+    name="hand_motion", ext="hand_motion.npy", codec="npy", dtype="float32", shape=("T", 2, 2),
+    units="pixels per frame at the clip fps", frame="clip pixels", stage="blur",
+    description="HIA hand movement vector (dx, dy) per frame and hand; NaN where the hand is not seen.",
+))
+register(Field(
+    name="hand_valid", ext="hand_valid.npy", codec="npy", dtype="bool", shape=("T", 2), units="-", frame="-",
+    stage="blur", description="Whether each hand was seen in each frame (hand_sharpness/hand_motion are finite).",
+))
+
+register(Field(
+    name="face_box", ext="face_box.npy", codec="npy", dtype="float32", shape=("T", 5),
+    units="x0, y0, x1, y1 in pixels, detector score", frame="clip pixels, pixel centres at integers", stage="face",
+    description="The subject's face box per frame; NaN rows where the face is not visible.",
+))
+register(Field(
+    name="face_landmarks", ext="face_landmarks.npy", codec="npy", dtype="float32", shape=("T", 5, 2),
+    units="pixels", frame="clip pixels", stage="face",
+    description="5 face points per frame (eye on image left, eye on image right, nose, mouth left, mouth right); "
+                "NaN where the face is not visible.",
+))
+register(Field(
+    name="face_embedding", ext="face_embedding.npy", codec="npy", dtype="float32", shape=(512,),
+    units="unit L2 norm", frame="ArcFace identity space", stage="face", optional=True,
+    description="ArcFace identity of the subject from the sharpest, most frontal face; absent when the back-end "
+                "has no recognition model or no face was found (meta.stages.face says which).",
 ))
 
 # Keys every meta.json holds; stages add their own records under meta["stages"][name].
@@ -103,5 +149,5 @@ def field_for_member(ext: str) -> Field | None:
 
 
 def resolve_shape(field: Field, meta: dict) -> tuple[int, ...]:
-    axes = {"T": meta["num_frames"], "H": meta["height"], "W": meta["width"]}
+    axes = {"T": meta["num_frames"], "H": meta["height"], "W": meta["width"], "W/8": -(-meta["width"] // 8)}
     return tuple(axes[a] if isinstance(a, str) else a for a in field.shape)

@@ -25,7 +25,7 @@ def render_format_doc() -> str:
         shape = "[" + ", ".join(map(str, f.shape)) + "]" if f.shape else "-"
         lines.append(f"| `{f.name}` | `{{key}}.{f.ext}` | {f.codec} | {f.dtype} | {shape} | {f.units} | {f.frame} "
                      f"| {f.stage} | {f.description} |")
-    lines += ["", "Axes: `T` frames of the clip, `H`, `W` its height and width in pixels.", "",
+    lines += ["", "Axes: `T` frames of the clip, `H`, `W` its height and width in pixels, `W/8` = ceil(W / 8).", "",
               "`meta.json` always holds: " + ", ".join(f"`{k}`" for k in META_KEYS) + ".", "",
               "## manifest.parquet", "", "| column | type | from |", "|---|---|---|"]
     lines += [f"| `{c.name}` | {c.type} | build |" for c in MANIFEST_BASE]

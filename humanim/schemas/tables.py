@@ -51,6 +51,16 @@ register_qa(QAColumn("repeated_frame_share", pa.float32(), "decode",
                      "share of clip frames that repeat the previous source frame (source fps below target)"))
 
 
+for _part, _what in (("body", "body"), ("face", "face"), ("lhand", "left hand"), ("rhand", "right hand")):
+    register_qa(QAColumn(f"pose_{_part}_rate", pa.float32(), "pose", f"share of frames where the {_what} was found"))
+register_qa(QAColumn("face_rate", pa.float32(), "face", "share of frames with the subject's face"))
+for _part, _what in (("face", "face"), ("lhand", "left hand"), ("rhand", "right hand")):
+    register_qa(QAColumn(f"mask_{_part}_rate", pa.float32(), "masks", f"share of frames with a {_what} mask"))
+for _part, _what in (("lhand", "left hand"), ("rhand", "right hand")):
+    register_qa(QAColumn(f"blur_{_part}_rate", pa.float32(), "blur",
+                         f"share of frames with a {_what} sharpness score"))
+
+
 def manifest_schema(stages: list[str]) -> pa.Schema:
     """Base columns, then the QA columns of the stages this build ran, in registry order."""
     schema = MANIFEST_BASE

@@ -79,6 +79,11 @@ class Stage:
         self.config = config
         self.build_seed = build_seed
 
+    @classmethod
+    def check_environment(cls, config: dict[str, Any]) -> None:
+        """Raise a clear error (with the install command) if this stage cannot run here; called on the driver
+        before any worker starts, so a missing package never surfaces deep inside a worker."""
+
     def model_files(self) -> list[str]:
         """Names of model-store files this stage loads (checked on the driver before the build)."""
         return []

@@ -1,0 +1,172 @@
+"""Render a posed body mesh to per-pixel maps by ray casting against a BVH with NVIDIA Warp (CPU or CUDA).
+
+Camera: OpenCV pinhole in the camera frame (x right, y down, z forward, metres); pixel (x, y) is the ray through
+((x - cx) / fx, (y - cy) / fy, 1), so integer pixel coordinates are pixel centres, as in OpenCV. Because that ray
+has z = 1, the hit distance Warp returns is the z-depth itself.
+
+Maps for T frames at H x W (background values in brackets):
+- face_id      int32   [T, H, W]     index of the face seen (-1)
+- barycentric  float32 [T, H, W, 3]  weights of faces[f, 0], faces[f, 1], faces[f, 2] at the hit; they sum to 1 (0)
+- depth        float32 [T, H, W]     z-depth in metres (0)
+- normal       float32 [T, H, W, 3]  unit surface normal in the camera frame, smooth (vertex normals interpolated)
+                                     and turned towards the camera's side of the face (0)
+- part         uint8   [T, H, W]     1 + face_part[f], i.e. 1 + index into body_models.SMPL_PARTS (0); only when
+                                     face_part is given
+- silhouette   bool    [T, H, W]     whether the pixel sees the body (False)
+
+The BVH is rebuilt each frame: on the Anny mesh a rebuild (7-14 ms on one core) costs less than a refit loses,
+since rays through a refitted BVH were twice as slow. One Warp CPU launch runs on one core, so on CPU frames are
+split between `threads` workers (Warp's native calls release the GIL); on CUDA all frames go in one launch. Only
+pixels inside the mesh's projected bounding box cast rays: a ray that misses the whole mesh still cost 45 ns on
+one core, 12 ms for a 512 x 512 frame.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import warp as wp
+
+# Rays stop at this z-depth (metres); anything further is background.
+MAX_DEPTH = 1.0e4
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+
+@wp.kernel
+def _accumulate_vertex_normals(points: wp.array2d(dtype=wp.vec3), faces: wp.array2d(dtype=wp.int32),
+                               normals: wp.array2d(dtype=wp.vec3)):
+    frame, face = wp.tid()
+    a, b, c = faces[face, 0], faces[face, 1], faces[face, 2]
+    # The unnormalised cross product weighs each face's normal by its area.
+    area_normal = wp.cross(points[frame, b] - points[frame, a], points[frame, c] - points[frame, a])
+    wp.atomic_add(normals, frame, a, area_normal)
+    wp.atomic_add(normals, frame, b, area_normal)
+    wp.atomic_add(normals, frame, c, area_normal)
+
+
+@wp.kernel
+def _cast_rays(mesh_ids: wp.array(dtype=wp.uint64), boxes: wp.array2d(dtype=wp.int32), x_start: int, y_start: int,
+               faces: wp.array2d(dtype=wp.int32), vertex_normals: wp.array2d(dtype=wp.vec3),
+               face_label: wp.array(dtype=wp.int32), fx: float, fy: float, cx: float, cy: float, max_depth: float,
+               face_id: wp.array3d(dtype=wp.int32), barycentric: wp.array3d(dtype=wp.vec3),
+               depth: wp.array3d(dtype=wp.float32), normal: wp.array3d(dtype=wp.vec3),
+               label: wp.array3d(dtype=wp.uint8)):
+    # Outputs arrive filled with background: only pixels inside the frame's box cast a ray.
+    frame, row, column = wp.tid()
+    x = x_start + column
+    y = y_start + row
+    if x < boxes[frame, 0] or y < boxes[frame, 1] or x > boxes[frame, 2] or y > boxes[frame, 3]:
+        return
+    direction = wp.vec3((float(x) - cx) / fx, (float(y) - cy) / fy, 1.0)
+    hit = wp.mesh_query_ray(mesh_ids[frame], wp.vec3(0.0, 0.0, 0.0), direction, max_depth)
+    if not hit.result:
+        return
+    f = hit.face
+    weights = wp.vec3(hit.u, hit.v, 1.0 - hit.u - hit.v)
+    smooth = (weights[0] * wp.normalize(vertex_normals[frame, faces[f, 0]])
+              + weights[1] * wp.normalize(vertex_normals[frame, faces[f, 1]])
+              + weights[2] * wp.normalize(vertex_normals[frame, faces[f, 2]]))
+    # The winding-oriented face normal tells which side the ray hit; the normal is turned to that side.
+    if wp.dot(hit.normal, direction) > 0.0:
+        smooth = -smooth
+    face_id[frame, y, x] = f
+    barycentric[frame, y, x] = weights
+    depth[frame, y, x] = hit.t
+    normal[frame, y, x] = wp.normalize(smooth)
+    label[frame, y, x] = wp.uint8(face_label[f])
+
+
+def screen_boxes(vertices: np.ndarray, camera: PinholeCamera, height: int, width: int) -> np.ndarray:
+    """Per frame, the pixels (x0, y0, x1, y1 inclusive) whose centres can see the mesh: the bounds of its projected
+    vertices, since a triangle projects inside its vertices' hull. A frame with a vertex at or behind the camera
+    plane gets the whole image; one entirely outside the image gets an empty box (x1 < x0)."""
+    z = vertices[..., 2]
+    in_front = (z > 0).all(axis=1)
+    safe_z = np.where(z > 0, z, 1.0)
+    x = vertices[..., 0] / safe_z * camera.fx + camera.cx
+    y = vertices[..., 1] / safe_z * camera.fy + camera.cy
+    # One pixel of margin: Warp's float32 rays and this projection may round a grazing pixel differently.
+    boxes = np.stack([np.ceil(x.min(1)) - 1, np.ceil(y.min(1)) - 1, np.floor(x.max(1)) + 1, np.floor(y.max(1)) + 1],
+                     axis=1)
+    boxes = np.clip(boxes, -1, [width, height, width, height])  # keeps empty boxes empty after the cast to int
+    whole_image = np.array([0, 0, width - 1, height - 1])
+    return np.where(in_front[:, None], boxes, whole_image).astype(np.int32)
+
+
+# name: (Warp dtype, NumPy dtype, channels, background value)
+MAP_LAYOUT = {
+    "face_id": (wp.int32, np.int32, (), -1),
+    "barycentric": (wp.vec3, np.float32, (3,), 0),
+    "depth": (wp.float32, np.float32, (), 0),
+    "normal": (wp.vec3, np.float32, (3,), 0),
+    "part": (wp.uint8, np.uint8, (), 0),
+}
+
+
+def _render_frames(vertices: np.ndarray, faces: np.ndarray, face_label: np.ndarray, camera: PinholeCamera,
+                   maps: dict[str, np.ndarray], device: str) -> None:
+    """Fill `maps` (background-filled, frames first) for vertices [T, V, 3] with one launch on `device`, over the
+    union of the frames' boxes."""
+    frames, height, width = maps["face_id"].shape
+    boxes = screen_boxes(vertices, camera, height, width)
+    x_start, y_start = (max(int(boxes[:, k].min()), 0) for k in (0, 1))
+    x_stop, y_stop = (min(int(boxes[:, k].max()), limit - 1) + 1 for k, limit in ((2, width), (3, height)))
+    on_cpu = wp.get_device(device).is_cpu
+    with wp.ScopedDevice(device):
+        points = wp.array(vertices, dtype=wp.vec3)
+        face_array = wp.array(faces, dtype=wp.int32)
+        flat_indices = wp.array(faces.reshape(-1), dtype=wp.int32)
+        # Each frame's BVH over its own slice of `points`; the meshes must outlive the launch.
+        meshes = [wp.Mesh(points=points[t], indices=flat_indices) for t in range(frames)]
+        mesh_ids = wp.array([mesh.id for mesh in meshes], dtype=wp.uint64)
+        vertex_normals = wp.zeros(vertices.shape[:2], dtype=wp.vec3)
+        wp.launch(_accumulate_vertex_normals, dim=(frames, faces.shape[0]), inputs=[points, face_array],
+                  outputs=[vertex_normals])
+        # On CPU the kernel writes straight into the NumPy maps (no copy); on CUDA into device maps copied back.
+        outputs = {name: wp.array(maps[name], dtype=MAP_LAYOUT[name][0], copy=not on_cpu) for name in MAP_LAYOUT}
+        if x_stop > x_start and y_stop > y_start:
+            wp.launch(_cast_rays, dim=(frames, y_stop - y_start, x_stop - x_start),
+                      inputs=[mesh_ids, wp.array(boxes, dtype=wp.int32), x_start, y_start, face_array, vertex_normals,
+                              wp.array(face_label, dtype=wp.int32), camera.fx, camera.fy, camera.cx, camera.cy,
+                              MAX_DEPTH],
+                      outputs=list(outputs.values()))
+        if not on_cpu:
+            for name, array in outputs.items():
+                maps[name][...] = array.numpy()
+
+
+def render_maps(vertices: np.ndarray, faces: np.ndarray, camera: PinholeCamera, height: int, width: int,
+                face_part: np.ndarray | None = None, device: str = "cpu", threads: int = 1) -> dict[str, np.ndarray]:
+    """Maps (see the module docstring) of meshes with vertices [T, V, 3] in the camera frame and faces [F, 3]."""
+    vertices = np.ascontiguousarray(vertices, dtype=np.float32)
+    faces = np.ascontiguousarray(faces, dtype=np.int32)
+    if vertices.ndim != 3 or vertices.shape[-1] != 3 or faces.ndim != 2 or faces.shape[-1] != 3:
+        raise ValueError(f"expected vertices [T, V, 3] and faces [F, 3], got {vertices.shape} and {faces.shape}")
+    face_label = np.zeros(len(faces), np.int32) if face_part is None else face_part.astype(np.int32) + 1
+    frames = len(vertices)
+    # np.zeros memory is zeroed lazily by the OS, so background that is never written costs nothing here.
+    shape = (frames, height, width)
+    maps = {name: np.full(shape + channels, background, dtype) if background else np.zeros(shape + channels, dtype)
+            for name, (_, dtype, channels, background) in MAP_LAYOUT.items()}
+    if wp.get_device(device).is_cuda or threads <= 1 or frames <= 1:
+        _render_frames(vertices, faces, face_label, camera, maps, device)
+    else:
+        wp.load_module(device=device)  # compile or load the kernels once, before threads race to do it
+        # Each worker fills its own run of frames in place: contiguous views of the shared maps.
+        bounds = np.linspace(0, frames, min(threads, frames) + 1).astype(int)
+        with ThreadPoolExecutor(len(bounds) - 1) as pool:
+            list(pool.map(lambda start, stop: _render_frames(
+                vertices[start:stop], faces, face_label, camera,
+                {name: array[start:stop] for name, array in maps.items()}, device), bounds[:-1], bounds[1:]))
+    maps["silhouette"] = maps["face_id"] >= 0
+    if face_part is None:
+        del maps["part"]
+    return maps
