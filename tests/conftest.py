@@ -44,9 +44,10 @@ def build_command(src: Path | str, out: Path, config: Path, num_cpus: int = 2) -
             "--config", str(config), "--num-cpus", str(num_cpus)]
 
 
-def run_build(src: Path | str, out: Path, config: Path, num_cpus: int = 2) -> subprocess.CompletedProcess:
+def run_build(src: Path | str, out: Path, config: Path, num_cpus: int = 2,
+              env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(build_command(src, out, config, num_cpus), capture_output=True, text=True,
-                            timeout=600, env=subprocess_env())
+                            timeout=600, env={**subprocess_env(), **(env or {})})
     assert result.returncode == 0, f"build failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 

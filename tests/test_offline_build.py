@@ -20,11 +20,14 @@ def offline_build(tmp_path_factory):
     videos.mkdir()
     for name in ("moore_talkinghead_3.mp4", "animatex_dance_1.mp4"):
         (videos / name).symlink_to(asset(f"videos/{name}"))
-    # Full offline stage list, on one CPU: the pose actor pool must leave room for the task stages.
-    config = write_config(root / "config.yaml", {"stages": ["decode", "pose", "masks", "blur"],
+    # The offline stages plus YuNet faces from the model store (the file is in the shared assets), on one
+    # CPU: the two actor pools (pose, face) must leave room for the task stages.
+    config = write_config(root / "config.yaml", {"stages": ["decode", "pose", "face", "masks", "blur"],
+                                                 "face": {"backend": "yunet"},
                                                  "clips": {"max_clips_per_video": 1},
                                                  "video": {"width": 256, "height": 256}})
-    run_build(videos, root / "out", config, num_cpus=1)
+    models = asset("models/face_detection_yunet_2026may.onnx").parent
+    run_build(videos, root / "out", config, num_cpus=1, env={"HUMANIM_MODELS": str(models)})
     return root / "out"
 
 
@@ -34,7 +37,10 @@ def test_offline_stages_fill_every_sample(offline_build):
     assert len(manifest) == 2
     by_source = {row["source"].rsplit("/", 1)[-1]: row for row in manifest}
     talking, dancer = by_source["moore_talkinghead_3.mp4"], by_source["animatex_dance_1.mp4"]
-    assert talking["pose_face_rate"] == 1.0 and talking["mask_face_rate"] == 1.0
+    assert talking["pose_face_rate"] == 1.0 and talking["mask_face_rate"] == 1.0 and talking["face_rate"] == 1.0
+    face = read_sample(offline_build, talking["key"])
+    assert np.isfinite(face["face_box"]).all() and "face_embedding" not in face  # YuNet detects, never embeds
+    assert "no recognition model" in face["meta"]["stages"]["face"]["embedding_unavailable"]
     assert dancer["pose_body_rate"] == 1.0
     sample = read_sample(offline_build, dancer["key"])
     kpts, masks = sample["kpts"], unpack_masks(sample["masks"], 256)
@@ -46,7 +52,9 @@ def test_offline_stages_fill_every_sample(offline_build):
     assert len(confident) > 8 * 10 and inside.mean() > 0.8
     assert np.array_equal(np.isfinite(sample["hand_sharpness"]), sample["hand_valid"])
     record = json.loads((offline_build / "build.json").read_text())
-    assert set(record["stage_seconds"]) == {"decode", "pose", "masks", "blur"}
+    assert set(record["stage_seconds"]) == {"decode", "pose", "face", "masks", "blur"}
+    assert [(m["name"], m["sha256"][:16]) for m in record["models"]] == [
+        ("face_detection_yunet_2026may.onnx", "ebafce4e3c118d65")]
     assert record["qa_means"]["pose_body_rate"] > 0.9
 
 

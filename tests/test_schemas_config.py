@@ -95,3 +95,23 @@ def test_one_opencv_distribution_and_cv2_imports():
     opencv = sorted(d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"].startswith("opencv"))
     assert opencv == ["opencv-contrib-python-headless"], f"several OpenCV wheels share the cv2 folder: {opencv}"
     assert hasattr(cv2, "FaceDetectorYN") and cv2.imdecode is not None
+
+
+def test_sources_from_a_folder_a_glob_and_lists(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from humanim.pipeline.sources import expand_sources
+
+    (tmp_path / "clips" / "day1").mkdir(parents=True)
+    for name in ("clips/a.mp4", "clips/day1/b.MOV", "clips/notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    folder = expand_sources(str(tmp_path / "clips"))
+    assert [p.rsplit("/", 1)[-1] for p in folder] == ["a.mp4", "b.MOV"]
+    assert expand_sources(str(tmp_path / "clips" / "*.mp4")) == [str(tmp_path / "clips" / "a.mp4")]
+    (tmp_path / "list.txt").write_text("# my videos\nclips/a.mp4\n\nclips/day1/b.MOV\n")
+    assert expand_sources(str(tmp_path / "list.txt")) == folder
+    pq.write_table(pa.table({"path": ["clips/day1/b.MOV", "clips/a.mp4"]}), tmp_path / "list.parquet")
+    assert expand_sources(str(tmp_path / "list.parquet")) == folder
+    with pytest.raises(FileNotFoundError, match="holds no video files"):
+        expand_sources(str(tmp_path / "clips" / "day1" / "*.mp4"))

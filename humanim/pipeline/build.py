@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from humanim.pipeline.config import BuildConfig
 from humanim.pipeline.pack import pack_clip
 from humanim.pipeline.progress import BuildProgress, print_summary
-from humanim.pipeline.record import build_record
+from humanim.pipeline.record import build_record, models_record
 from humanim.pipeline.runner import StageRunner, failure_record
 from humanim.pipeline.shards import ShardPacker
 from humanim.pipeline.sources import expand_sources
@@ -202,8 +202,12 @@ def build(src: str, out: str | Path, config: BuildConfig, address: str | None = 
         print(f"{out} is already complete ({result.clips_ok} clips in {len(result.shards)} shards); nothing to do")
         return result
 
-    for name in config.stages:  # a config or install problem surfaces here, before any worker starts
-        stage_class(name, config).check_environment(config.section(STAGE_SECTIONS[name]))
+    model_names = []
+    for name in config.stages:  # a config, install or model-file problem surfaces here, before any worker starts
+        cls, section = stage_class(name, config), config.section(STAGE_SECTIONS[name])
+        cls.check_environment(section)
+        model_names += cls.model_names(section)
+    models = models_record(model_names)
     started = time.time()
     _init_ray(address, num_cpus)
     with BuildProgress(len(sources)) as progress:
@@ -262,7 +266,7 @@ def build(src: str, out: str | Path, config: BuildConfig, address: str | None = 
             for stage, spent in r.get("seconds", {}).items():
                 stage_seconds[stage] = stage_seconds.get(stage, 0.0) + spent
     record = build_record(out, config, sources, records, failures, stage_seconds, time.time() - started, resumed,
-                          models=[])
+                          models=models)
     atomic_write(out / "build.json", dump_json(record))
     result.clips_ok, result.failures = len(rows), len(failures)
     result.shards = [r["shard"] for r in records]

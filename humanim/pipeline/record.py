@@ -43,6 +43,21 @@ def package_versions() -> dict:
     return versions
 
 
+def models_record(names: list[str]) -> list[dict]:
+    """Each model file a build loads: name, sha256, licence and source for store names; path and sha256 for a
+    user's own file."""
+    from humanim.schemas.keys import file_sha256
+    from humanim.stages import model_store
+
+    records = []
+    for name in dict.fromkeys(names):
+        if Path(name).expanduser().is_file():
+            records.append({"name": name, "sha256": file_sha256(str(Path(name).expanduser())), "path": name})
+        else:
+            records += model_store.describe([name])
+    return records
+
+
 def _qa_means(rows: list[dict]) -> dict[str, float]:
     """Mean of every QA figure the stages reported, over the clips that have it."""
     means = {}

@@ -84,6 +84,11 @@ class Stage:
         """Raise a clear error (with the install command) if this stage cannot run here; called on the driver
         before any worker starts, so a missing package never surfaces deep inside a worker."""
 
+    @classmethod
+    def model_names(cls, config: dict[str, Any]) -> list[str]:
+        """Model-store names (or a user's own file paths) this stage loads with this config, for build.json."""
+        return []
+
     def model_files(self) -> list[str]:
         """Names of model-store files this stage loads (checked on the driver before the build)."""
         return []

@@ -29,7 +29,6 @@ put in its place.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import cv2
 import numpy as np
 
 from humanim.schemas.keypoints import BODY_NAMES, FACE
+from humanim.schemas.keys import file_sha256
 from humanim.stages.base import Annotations, Clip, Resources, Stage
 from humanim.stages.blur import laplacian_sharpness
 from humanim.stages.face_models import (
@@ -127,14 +127,6 @@ def frontality(landmarks: np.ndarray) -> float:
     return float(np.clip(1 - abs(2 * along - 1), 0.0, 1.0))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Face(Stage):
     """Per-frame face box and landmarks of the tracked subject, and (insightface) one identity embedding.
 
@@ -163,11 +155,11 @@ class Face(Stage):
             self._detector = ScrfdDetector(detector_path, int(config["det_size"]), float(config["det_threshold"]),
                                            float(config["nms_threshold"]))
         self._embedder = None
-        self._models = {"detector": {"file": Path(detector_name).name, "sha256": _sha256(detector_path)}}
+        self._models = {"detector": {"file": Path(detector_name).name, "sha256": file_sha256(detector_path)}}
         if recognizer_name is not None:
             recognizer_path = model_path(recognizer_name)
             self._embedder = ArcFaceEmbedder(recognizer_path)
-            self._models["recognizer"] = {"file": Path(recognizer_name).name, "sha256": _sha256(recognizer_path)}
+            self._models["recognizer"] = {"file": Path(recognizer_name).name, "sha256": file_sha256(recognizer_path)}
         self.licence = backend.licence
         if backend.licence == INSIGHTFACE_LICENCE:
             logger.warning("face stage, back-end %s: %s", self.backend, INSIGHTFACE_LICENCE)
@@ -188,6 +180,14 @@ class Face(Stage):
             except ImportError as error:
                 raise ImportError(f"the {config['backend']} face back-end needs onnxruntime: "
                                   "pip install onnxruntime") from error
+
+    @classmethod
+    def model_names(cls, config: dict[str, Any]) -> list[str]:
+        backend = BACKENDS[config["backend"]]
+        names = [config["detector"] or backend.detector]
+        if backend.recognizer is not None:
+            names.append(config["recognizer"] or backend.recognizer)
+        return names
 
     def model_files(self) -> list[str]:
         return [entry["file"] for entry in self._models.values()]

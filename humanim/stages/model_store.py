@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable
 
+from humanim.schemas.keys import file_sha256
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = "humanim-models.lock.json"
@@ -181,14 +183,6 @@ def locate(name: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_lock(folder: Path) -> dict[str, dict]:

@@ -248,6 +248,11 @@ class RtmlibPose(Stage):
         both, and costs little since its sessions wait for the first clip."""
         cls(config)
 
+    @classmethod
+    def model_names(cls, config: dict[str, Any]) -> list[str]:
+        default_detector, default_pose_model = BACKEND_MODELS[config["backend"]]
+        return [config.get("detector") or default_detector, config.get("pose_model") or default_pose_model]
+
     def model_files(self) -> list[str]:
         return [self.detector_name, self.pose_model_name]
 
