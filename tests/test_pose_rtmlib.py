@@ -16,7 +16,7 @@ import pytest
 
 from humanim.schemas.keypoints import FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 from humanim.stages import model_store
-from humanim.stages.base import Clip, ClipSpec
+from humanim.stages.base import Clip, ClipRejected, ClipSpec
 from humanim.stages.model_store import ModelFile, ModelStoreError
 
 onnx = pytest.importorskip("onnx")
@@ -156,14 +156,18 @@ def test_crop_puts_a_frame_pixel_where_the_affine_says_in_rgb_normalised(store):
 def test_stage_puts_keypoints_at_the_model_peaks_through_crop_and_inverse_affine(store):
     rgb = demo_photo()
     empty = np.full_like(rgb, 127)  # a grey frame: nobody to find
-    pose = stage()
+    pose = stage(max_lost_share=0.5)  # the subject is missing from the grey frame: half the clip
     annotations = pose(clip_of(np.stack([rgb, empty])))
     kpts = annotations.fields["kpts"]
     assert kpts.shape == (2, NUM_KEYPOINTS, 3) and kpts.dtype == np.float32
 
-    best = pose.detect_people(rgb[None])[0][0]
-    crop, _, _ = crop_for_pose(rgb, best, (INPUT_W, INPUT_H))
-    expected = expected_keypoints(best, float(crop.mean()))
+    # The tracked subject is one of the detected people, and its keypoints come from its box.
+    subject = annotations.fields["subject_box"]
+    assert np.isnan(subject[1]).all()
+    people = pose.detect_people(rgb[None])[0]
+    assert np.abs(people - subject[0]).max(axis=1).min() < 1e-4
+    crop, _, _ = crop_for_pose(rgb, subject[0], (INPUT_W, INPUT_H))
+    expected = expected_keypoints(subject[0], float(crop.mean()))
     np.testing.assert_allclose(kpts[0, :, :2], expected[:, :2], atol=2e-3)
     np.testing.assert_allclose(kpts[0, :, 2], expected[:, 2], atol=1e-5)
     assert np.all(kpts[0, ABSENT] == 0)
@@ -171,9 +175,9 @@ def test_stage_puts_keypoints_at_the_model_peaks_through_crop_and_inverse_affine
     assert np.all(kpts[1] == 0)
 
     assert annotations.qa == {"pose_body_rate": 0.5, "pose_face_rate": 0.0, "pose_lhand_rate": 0.5,
-                              "pose_rhand_rate": 0.5}
+                              "pose_rhand_rate": 0.5, "people_seen": float(len(people)), "subject_lost_share": 0.5}
     meta = annotations.meta
-    assert meta["backend"] == "dwpose" and meta["frames_with_person"] == 1
+    assert meta["backend"] == "dwpose" and meta["subject"]["lost_frames"] == 1
     assert meta["models"] == [{"name": NANO, "sha256": model_store.entry(NANO).sha256},
                               {"name": "tiny_simcc_pose_model.onnx",
                                "sha256": model_store.entry("tiny_simcc_pose_model.onnx").sha256}]
@@ -237,11 +241,16 @@ def test_raw_yolox_output_is_decoded_to_person_boxes_as_dwpose_does(tmp_path):
 def test_asking_for_cuda_without_it_runs_on_cpu_and_says_so(store, caplog):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA: the fallback cannot happen")
-    frames = np.zeros((1, 64, 64, 3), dtype=np.uint8)
+    frames = demo_photo()[None]
     with caplog.at_level(logging.WARNING, logger="humanim.stages.pose_rtmlib"):
         annotations = stage(device="cuda")(clip_of(frames))
     assert annotations.meta["provider_fallback"] == "asked cuda, running CPUExecutionProvider"
     assert "POSE STAGE RUNS ON CPU" in caplog.text
+
+
+def test_a_clip_with_nobody_in_it_is_rejected_with_the_reason(store):
+    with pytest.raises(ClipRejected, match="no person detected in any frame"):
+        stage()(clip_of(np.full((3, 96, 128, 3), 127, dtype=np.uint8)))
 
 
 def test_a_missing_pose_model_fails_when_the_stage_is_built_with_the_fetch_command(store):

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "det_threshold": 0.3,
         "kpt_threshold": 0.3,
         "threads": 1,
+        "max_lost_share": 0.25,  # a clip whose subject is missing from more of its frames becomes a failures row
         "model_complexity": 1,  # mediapipe only
         "min_detection_confidence": 0.5,
         "min_tracking_confidence": 0.5,

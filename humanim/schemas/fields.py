@@ -57,6 +57,12 @@ register(Field(
     description="Whole-body keypoints of the clip's subject in the COCO-WholeBody 133 layout (docs/KEYPOINTS.md).",
 ))
 register(Field(
+    name="subject_box", ext="subject_box.npy", codec="npy", dtype="float32", shape=("T", 5),
+    units="x0, y0, x1, y1 in pixels, score", frame="clip pixels, pixel centres at integers", stage="pose",
+    description="The tracked subject's box per frame (detector box, or the box of its confident body points "
+                "for back-ends without a detector); NaN rows where the subject is lost.",
+))
+register(Field(
     name="masks", ext="masks.npy", codec="npy", dtype="uint8", shape=("T", 3, "H", "W/8"),
     units="bits: np.packbits along W, big-endian", frame="clip pixels", stage="masks",
     description="Face, left-hand, right-hand masks (channels in that order), bit-packed; "

@@ -53,6 +53,9 @@ register_qa(QAColumn("repeated_frame_share", pa.float32(), "decode",
 
 for _part, _what in (("body", "body"), ("face", "face"), ("lhand", "left hand"), ("rhand", "right hand")):
     register_qa(QAColumn(f"pose_{_part}_rate", pa.float32(), "pose", f"share of frames where the {_what} was found"))
+register_qa(QAColumn("people_seen", pa.float32(), "pose",
+                     "most people detected in one frame (null for back-ends that follow one person only)"))
+register_qa(QAColumn("subject_lost_share", pa.float32(), "pose", "share of frames where the subject was lost"))
 register_qa(QAColumn("face_rate", pa.float32(), "face", "share of frames with the subject's face"))
 for _part, _what in (("face", "face"), ("lhand", "left hand"), ("rhand", "right hand")):
     register_qa(QAColumn(f"mask_{_part}_rate", pa.float32(), "masks", f"share of frames with a {_what} mask"))

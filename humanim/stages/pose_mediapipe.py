@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from humanim.schemas.keypoints import BODY, FACE, FEET, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
-from humanim.stages.base import Annotations, Clip, Resources, Stage
+from humanim.stages.base import Annotations, Clip, ClipRejected, Resources, Stage
 
 # COCO body 17 from MediaPipe Pose 33: nose, eye centres, ears, shoulders, elbows, wrists, hips, knees, ankles.
 POSE33_TO_BODY17 = (0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28)
@@ -73,6 +73,16 @@ def mediapipe_to_wholebody(
     return out
 
 
+def keypoint_boxes(kpts: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-frame box (x0, y0, x1, y1, mean score) around the confident body and feet points; NaN where none."""
+    boxes = np.full((len(kpts), 5), np.nan, dtype=np.float32)
+    for t, frame in enumerate(kpts[:, :FEET.stop]):
+        confident = frame[frame[:, 2] > threshold]
+        if len(confident):
+            boxes[t] = (*confident[:, :2].min(axis=0), *confident[:, :2].max(axis=0), confident[:, 2].mean())
+    return boxes
+
+
 def _landmarks(landmark_list: Any, with_visibility: bool = False) -> np.ndarray | None:
     if landmark_list is None:
         return None
@@ -98,6 +108,7 @@ class MediaPipePose(Stage):
 
         self._mediapipe_version = mediapipe.__version__
         self.model_complexity = int(config["model_complexity"])
+        self.max_lost_share, self.kpt_threshold = float(config["max_lost_share"]), float(config["kpt_threshold"])
         self._holistic = mediapipe.solutions.holistic.Holistic(
             static_image_mode=False,
             model_complexity=self.model_complexity,
@@ -136,11 +147,19 @@ class MediaPipePose(Stage):
             found[t] = [p is not None for p in parts]
             pose, face, left_hand, right_hand = parts
             kpts[t] = mediapipe_to_wholebody(pose, left_hand, right_hand, face, width, height)
-        rates = found.mean(axis=0) if num_frames else np.zeros(4)
+        if not found[:, 0].any():
+            raise ClipRejected("no person detected in any frame")
+        lost = ~found[:, 0]
+        if lost.mean() > self.max_lost_share:
+            raise ClipRejected(f"main subject lost in {int(lost.sum())} of {num_frames} frames "
+                               f"({lost.mean():.0%}, more than the {self.max_lost_share:.0%} allowed)")
+        rates = found.mean(axis=0)
         return Annotations(
-            fields={"kpts": kpts},
+            fields={"kpts": kpts, "subject_box": keypoint_boxes(kpts, self.kpt_threshold)},
             meta={"backend": "mediapipe", "mediapipe_version": self._mediapipe_version,
                   "model_complexity": self.model_complexity},
             qa={"pose_body_rate": float(rates[0]), "pose_face_rate": float(rates[1]),
-                "pose_lhand_rate": float(rates[2]), "pose_rhand_rate": float(rates[3])},
+                "pose_lhand_rate": float(rates[2]), "pose_rhand_rate": float(rates[3]),
+                # Holistic follows one person and cannot count the others.
+                "people_seen": None, "subject_lost_share": float(lost.mean())},
         )

@@ -28,6 +28,7 @@ from rtmlib.tools.pose_estimation.pre_processings import bbox_xyxy2cs, top_down_
 from humanim.schemas.keypoints import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 from humanim.stages import model_store
 from humanim.stages.base import Annotations, Clip, Resources, Stage
+from humanim.stages.track import track_subject
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ class RtmlibPose(Stage):
         self.det_threshold = float(config.get("det_threshold", 0.3))
         self.kpt_threshold = float(config.get("kpt_threshold", 0.3))
         self.threads = int(config.get("threads", 1))
+        self.max_lost_share = float(config.get("max_lost_share", 0.25))
         # Resolving checks every file's sha256 here, on the driver as on each worker; the sessions wait for
         # the first clip, so a driver without the worker's GPU neither loads them nor warns about CUDA.
         self._models_meta = [{"name": d["name"], "sha256": d["sha256"]}
@@ -284,7 +286,10 @@ class RtmlibPose(Stage):
     def __call__(self, clip: Clip) -> Annotations:
         frames = clip.frames
         people = self.detect_people(frames)
-        subject = [boxes[0] if len(boxes) else None for boxes in people]
+        # One subject for the whole clip, kept by box continuity: raises ClipRejected (a failures row) when
+        # nobody is seen or the subject is lost in too many frames.
+        track = track_subject(people, (frames.shape[2], frames.shape[1]), max_lost_share=self.max_lost_share)
+        subject = [None if lost else box[:4] for box, lost in zip(track.boxes, track.lost)]
         kpts = self.estimate_pose(frames, subject)
         confident = kpts[..., 2] > self.kpt_threshold
         # A part counts as found in a frame when at least half of its points are confident.
@@ -298,10 +303,10 @@ class RtmlibPose(Stage):
                           "pose": self._pose_model.session.get_providers()[0]},
             "det_threshold": self.det_threshold,
             "kpt_threshold": self.kpt_threshold,
-            "subject": "highest detector score per frame",
-            "frames_with_person": sum(box is not None for box in subject),
+            "subject": track.to_meta(),
         }
         if self.provider_fallback:
             meta["provider_fallback"] = self.provider_fallback
-        return Annotations(fields={"kpts": kpts}, meta=meta,
-                           qa={f"pose_{part}_rate": rate for part, rate in rates.items()})
+        qa = {f"pose_{part}_rate": rate for part, rate in rates.items()}
+        qa.update(people_seen=float(track.people_seen), subject_lost_share=float(track.lost.mean()))
+        return Annotations(fields={"kpts": kpts, "subject_box": track.boxes}, meta=meta, qa=qa)
