@@ -70,13 +70,16 @@ def test_flip_sample_agrees_with_flipping_the_pixels():
     for t in range(2):
         x, y = kpts[t, left_wrist, :2].astype(int)
         frames[t, y, x] = 255
-    boxes = np.array([[3, 4, 10, 20], [0, 0, WIDTH - 1, 5]], dtype=np.float32)
-    for t, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+    boxes = np.array([[3, 4, 10, 20, 0.9], [0, 0, WIDTH - 1, 5, 0.8]], dtype=np.float32)
+    for t, (x0, y0, x1, y1) in enumerate(boxes[:, :4].astype(int)):
         frames[t, y0:y1 + 1, x0:x1 + 1, 1] = 200  # the box bounds a green block, inclusive of its edge pixels
     masks = np.zeros((2, 3, HEIGHT, WIDTH), dtype=np.uint8)
     masks[:, 1, :, :5] = 1  # left hand region on the image's left
     motion = np.array([[[1.5, 2.0], [np.nan, np.nan]]] * 2, dtype=np.float32)
-    sample = {"frames": frames, "kpts": kpts, "boxes": boxes, "masks": masks, "hand_motion": motion,
+    # 5 face points named by image side: eye left, eye right, nose, mouth left, mouth right.
+    landmarks = np.array([[[2, 3], [8, 3], [5, 6], [3, 9], [7, 9]]] * 2, dtype=np.float32)
+    sample = {"frames": frames, "kpts": kpts, "subject_box": boxes, "face_box": boxes[::-1].copy(),
+              "face_landmarks": landmarks, "masks": masks, "hand_motion": motion,
               "hand_sharpness": np.array([[5.0, np.nan]] * 2, dtype=np.float32),
               "hand_valid": np.array([[True, False]] * 2), "__key__": "abc_00000"}
     before = {k: np.copy(v) if isinstance(v, np.ndarray) else v for k, v in sample.items()}
@@ -87,7 +90,11 @@ def test_flip_sample_agrees_with_flipping_the_pixels():
         x, y = out["kpts"][t, right_wrist, :2].astype(int)
         assert out["frames"][t, y, x, 0] == 255  # the keypoint still sits on its pixel
         ys, xs = np.nonzero(out["frames"][t, :, :, 1] == 200)
-        np.testing.assert_array_equal(out["boxes"][t], [xs.min(), ys.min(), xs.max(), ys.max()])
+        np.testing.assert_array_equal(out["subject_box"][t], [xs.min(), ys.min(), xs.max(), ys.max(), boxes[t, 4]])
+    np.testing.assert_array_equal(out["face_box"], out["subject_box"][::-1])
+    # The eye on the image left after the flip is the mirrored eye that was on the right.
+    np.testing.assert_array_equal(out["face_landmarks"][0], [[WIDTH - 9, 3], [WIDTH - 3, 3], [WIDTH - 6, 6],
+                                                             [WIDTH - 8, 9], [WIDTH - 4, 9]])
     assert out["masks"][:, 2, :, -5:].all() and not out["masks"][:, 1].any()  # now the right hand, on the right
     np.testing.assert_array_equal(out["hand_motion"][:, 1], [[-1.5, 2.0]] * 2)
     assert np.isnan(out["hand_motion"][:, 0]).all()
@@ -96,7 +103,8 @@ def test_flip_sample_agrees_with_flipping_the_pixels():
     for key, value in before.items():  # the input is left as it was
         np.testing.assert_array_equal(sample[key], value)
     flipped_back = flip_sample(out)  # pixel-centre coordinates here, so every value comes back exactly
-    for key in ("frames", "kpts", "boxes", "masks", "hand_motion", "hand_sharpness", "hand_valid"):
+    for key in ("frames", "kpts", "subject_box", "face_box", "face_landmarks", "masks", "hand_motion",
+                "hand_sharpness", "hand_valid"):
         np.testing.assert_array_equal(flipped_back[key], sample[key])
 
 

@@ -73,6 +73,9 @@ FLIP_PERMUTATION.setflags(write=False)
 MASK_CHANNELS = ("face", "left_hand", "right_hand")
 
 
+FACE_LANDMARK_FLIP = [1, 0, 2, 4, 3]  # the 5 face-detector points, named by image side
+
+
 def flip_keypoints(kpts: np.ndarray, width: int) -> np.ndarray:
     """Keypoints [..., 133, 3] of the mirrored image: sides swapped, present points moved to x' = width - 1 - x."""
     flipped = np.asarray(kpts)[..., FLIP_PERMUTATION, :]  # fancy indexing copies
@@ -114,7 +117,9 @@ def flip_sample(sample: dict[str, Any]) -> dict[str, Any]:
       masks          [T, H, W]      mirrored along W
                      [T, 3, H, W]   mirrored along W, and the left/right hand channels swapped (MASK_CHANNELS)
       kpts           [T, 133, 3]    flip_keypoints
-      boxes          [T, 4]         flip_boxes
+      subject_box    [T, 5]         flip_boxes on (x0, y0, x1, y1); the score stays
+      face_box       [T, 5]         flip_boxes on (x0, y0, x1, y1); the score stays
+      face_landmarks [T, 5, 2]      x' = W - 1 - x, and the points reordered so "eye on the image left" stays so
       hand_sharpness [T, 2]         hands swapped (index 0 = left hand, 1 = right hand)
       hand_valid     [T, 2]         hands swapped
       hand_motion    [T, 2, 2]      hands swapped and the x component negated
@@ -133,8 +138,16 @@ def flip_sample(sample: dict[str, Any]) -> dict[str, Any]:
         out["masks"] = masks
     if "kpts" in sample:
         out["kpts"] = flip_keypoints(sample["kpts"], width)
-    if "boxes" in sample:
-        out["boxes"] = flip_boxes(sample["boxes"], width)
+    for key in ("subject_box", "face_box"):
+        if key in sample:
+            boxes = np.array(sample[key], copy=True)
+            boxes[..., :4] = flip_boxes(boxes[..., :4], width)
+            out[key] = boxes
+    if "face_landmarks" in sample:
+        # Points are named by image side (eye on the left, eye on the right, nose, mouth left, mouth right).
+        landmarks = np.array(sample["face_landmarks"][..., FACE_LANDMARK_FLIP, :], copy=True)
+        landmarks[..., 0] = (width - 1) - landmarks[..., 0]
+        out["face_landmarks"] = landmarks
     for key in ("hand_sharpness", "hand_valid"):
         if key in sample:
             out[key] = np.ascontiguousarray(sample[key][:, ::-1])
