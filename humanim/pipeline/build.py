@@ -255,7 +255,6 @@ def build(src: str, out: str | Path, config: BuildConfig, address: str | None = 
     schema = manifest_schema(config.stages)
     rows = [{**{k: v for k, v in r.items() if k in schema.names}, "shard_sha256": rec["sha256"]}
             for rec in records for r in rec["rows"]]
-    schema = schema.append(pa.field("shard_sha256", pa.string(), nullable=False))
     _write_parquet(out / "manifest.parquet", pa.Table.from_pylist(rows, schema=schema))
     failures = sorted(work.all_failures(), key=lambda f: (f["source"], f.get("key") or "", f["stage"]))
     _write_parquet(out / "failures.parquet",

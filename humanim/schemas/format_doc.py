@@ -30,8 +30,7 @@ def render_format_doc() -> str:
               "## manifest.parquet", "", "| column | type | from |", "|---|---|---|"]
     lines += [f"| `{c.name}` | {c.type} | build |" for c in MANIFEST_BASE]
     lines += [f"| `{c.name}` | {c.type} | {c.stage}: {c.description} |" for c in QA_COLUMNS.values()]
-    lines += ["| `shard_sha256` | string | build: sha256 of the whole shard file |", "",
-              "QA columns appear only for the stages a build ran.", "",
+    lines += ["", "QA columns appear only for the stages a build ran.", "",
               "## failures.parquet", "", "| column | type | nullable |", "|---|---|---|"]
     lines += [f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} |" for c in FAILURES]
     return "\n".join(lines) + "\n"

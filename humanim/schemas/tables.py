@@ -23,6 +23,7 @@ MANIFEST_BASE = pa.schema([
     pa.field("shard", pa.string(), nullable=False),
     pa.field("offset", pa.int64(), nullable=False),  # byte offset of the sample's first tar header in the shard
     pa.field("size", pa.int64(), nullable=False),  # bytes of the sample's tar members, headers and padding included
+    pa.field("shard_sha256", pa.string(), nullable=False),  # of the whole shard file
     pa.field("status", pa.string(), nullable=False),  # "ok" or "flagged"
     pa.field("flags", pa.string(), nullable=False),  # why a clip is flagged; "" when ok
 ])
