@@ -77,5 +77,6 @@ def reference_build(real_videos, tmp_path_factory) -> Path:
     """One uninterrupted build of the real videos, with two Ray CPUs: the output other tests compare to."""
     root = tmp_path_factory.mktemp("reference")
     config = write_config(root / "config.yaml")
-    run_build(real_videos, root / "out", config, num_cpus=2)
+    result = run_build(real_videos, root / "out", config, num_cpus=2)
+    (root / "build.log").write_text(result.stdout + result.stderr)
     return root / "out"

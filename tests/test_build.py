@@ -37,6 +37,12 @@ def test_every_clip_is_a_sample_in_a_bounded_shard(reference_build):
     assert record["packages"]["av"] and record["code"]["humanim"] and record["seed"] == 0
 
 
+def test_the_build_shows_progress_and_ends_with_a_summary(reference_build):
+    log = (reference_build.parent / "build.log").read_text()
+    assert "videos" in log and "3/3" in log and "7/7" in log and "clips/s" in log and "failed" in log
+    assert "clips in shards" in log and "time in decode" in log
+
+
 def test_verify_passes_and_webdataset_reads_every_sample(reference_build):
     assert verify_build(reference_build) == []
     urls = [str(p) for p in sorted((reference_build / "shards").glob("*.tar"))]
