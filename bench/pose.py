@@ -130,6 +130,7 @@ def bench_rtmlib(frames: np.ndarray, repeat: int, threads: int, batch: int) -> d
     """Seconds per pass over the frames: the stage (best run), the session calls inside it (best run), the
     sessions alone on inputs prepared beforehand (best run); and, per run, the stage's time over the time
     of the session calls inside that same run (median of the runs, which a busy machine disturbs least)."""
+    from humanim.pipeline.config import DEFAULTS
     from humanim.stages import model_store
     from humanim.stages.pose_rtmlib import RtmlibPose, crop_for_pose, run_batched
 
@@ -140,7 +141,7 @@ def bench_rtmlib(frames: np.ndarray, repeat: int, threads: int, batch: int) -> d
         model_store.REGISTRY["tiny_simcc_pose_model.onnx"] = model_store.ModelFile(
             name="tiny_simcc_pose_model.onnx", url="file:///nowhere", licence="bench-only",
             sha256=hashlib.sha256(pose_model.read_bytes()).hexdigest(), description="built by bench/pose.py")
-        stage = RtmlibPose({"backend": "dwpose", "detector": "yolox_nano_humanart.onnx",
+        stage = RtmlibPose({**DEFAULTS["pose"], "detector": "yolox_nano_humanart.onnx",
                             "pose_model": "tiny_simcc_pose_model.onnx", "threads": threads, "batch_size": batch})
         clip = clip_of(frames)
         detector, pose = stage._load()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from humanim.pipeline.config import DEFAULTS
 from humanim.schemas.keypoints import BODY_NAMES, FACE, NUM_KEYPOINTS
 from humanim.stages.base import Clip, ClipSpec
 from humanim.stages.blur import laplacian_sharpness
@@ -26,11 +27,7 @@ cv2 = pytest.importorskip("cv2")
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 YUNET, SCRFD_500M = "face_detection_yunet_2026may.onnx", "det_500m.onnx"
 # The `face` section this stage is built from (the defaults the build config gives it).
-FACE_CONFIG = {
-    "backend": "insightface", "detector": None, "recognizer": None, "det_size": 640,
-    "det_threshold": 0.5, "nms_threshold": 0.4, "kpt_threshold": 0.3, "box_margin": 0.25, "min_inside": 0.5,
-    "min_face_share": 0.5, "turn_margin": 0.5, "frontal_tolerance": 0.1,
-}
+FACE_CONFIG = DEFAULTS["face"]
 BODY = {name: index for index, name in enumerate(BODY_NAMES)}
 
 

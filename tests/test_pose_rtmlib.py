@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from humanim.schemas.keypoints import FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
+from humanim.pipeline.config import DEFAULTS
 from humanim.stages import model_store
 from humanim.stages.base import Clip, ClipRejected, ClipSpec
 from humanim.stages.model_store import ModelFile, ModelStoreError
@@ -116,7 +117,7 @@ def clip_of(frames: np.ndarray) -> Clip:
 
 
 def stage(**config) -> RtmlibPose:
-    return RtmlibPose({"backend": "dwpose", "detector": NANO, "pose_model": "tiny_simcc_pose_model.onnx",
+    return RtmlibPose({**DEFAULTS["pose"], "detector": NANO, "pose_model": "tiny_simcc_pose_model.onnx",
                        **config})
 
 
@@ -255,12 +256,12 @@ def test_a_clip_with_nobody_in_it_is_rejected_with_the_reason(store):
 
 def test_a_missing_pose_model_fails_when_the_stage_is_built_with_the_fetch_command(store):
     with pytest.raises(ModelStoreError, match="humanim models fetch dw-ll_ucoco_384.onnx"):
-        RtmlibPose({"backend": "dwpose", "detector": NANO})
+        RtmlibPose({**DEFAULTS["pose"], "detector": NANO})
 
 
 def test_config_errors_are_named(store):
     with pytest.raises(ValueError, match="not an rtmlib back-end"):
-        RtmlibPose({"backend": "mediapipe"})
+        RtmlibPose({**DEFAULTS["pose"], "backend": "mediapipe"})
     with pytest.raises(ValueError, match="cpu or cuda"):
         stage(device="tpu")
     assert stage().model_files() == [NANO, "tiny_simcc_pose_model.onnx"]

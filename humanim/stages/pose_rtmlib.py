@@ -221,22 +221,20 @@ class RtmlibPose(Stage):
 
     def __init__(self, config: dict[str, Any], build_seed: int = 0):
         super().__init__(config, build_seed)
-        self.backend = config.get("backend", "dwpose")
+        self.backend = config["backend"]
         if self.backend not in BACKEND_MODELS:
             raise ValueError(f"pose.backend {self.backend!r} is not an rtmlib back-end: {', '.join(BACKEND_MODELS)}")
-        default_detector, default_pose_model = BACKEND_MODELS[self.backend]
-        self.detector_name = config.get("detector") or default_detector
-        self.pose_model_name = config.get("pose_model") or default_pose_model
-        self.device = config.get("device", "cpu")
+        self.detector_name, self.pose_model_name = self.model_names(config)
+        self.device = config["device"]
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"pose.device must be cpu or cuda, not {self.device!r}")
-        self.batch_size = int(config.get("batch_size", 16))
+        self.batch_size = int(config["batch_size"])
         if self.batch_size < 1:
             raise ValueError("pose.batch_size must be at least 1")
-        self.det_threshold = float(config.get("det_threshold", 0.3))
-        self.kpt_threshold = float(config.get("kpt_threshold", 0.3))
-        self.threads = int(config.get("threads", 1))
-        self.max_lost_share = float(config.get("max_lost_share", 0.25))
+        self.det_threshold = float(config["det_threshold"])
+        self.kpt_threshold = float(config["kpt_threshold"])
+        self.threads = int(config["threads"])
+        self.max_lost_share = float(config["max_lost_share"])
         # Resolving checks every file's sha256 here, on the driver as on each worker; the sessions wait for
         # the first clip, so a driver without the worker's GPU neither loads them nor warns about CUDA.
         self._models_meta = [{"name": d["name"], "sha256": d["sha256"]}
