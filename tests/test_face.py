@@ -39,6 +39,9 @@ def asset(relative: str) -> Path:
 
 
 def face_stage(backend: str, **overrides) -> Face:
+    if backend == "mediapipe":  # its weights ship in the mediapipe wheel
+        pytest.importorskip("mediapipe")
+        return Face({**FACE_CONFIG, "backend": backend, **overrides})
     detector = {"yunet": YUNET}.get(backend, SCRFD_500M)
     return Face({**FACE_CONFIG, "backend": backend, "detector": str(asset(f"models/{detector}")), **overrides})
 
@@ -192,7 +195,7 @@ def test_frontality_falls_as_the_dancer_turns_to_profile():
 
 # --- whose face -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["yunet", "scrfd"])
+@pytest.mark.parametrize("backend", ["yunet", "scrfd", "mediapipe"])
 def test_the_speakers_face_is_found_in_every_frame(talking_heads, backend):
     stage = face_stage(backend)
     for frames, kpts in talking_heads.values():
@@ -234,6 +237,21 @@ def test_each_woman_on_the_sofa_gets_her_own_face(backend):
     assert result.qa["face_rate"] == pytest.approx(len(boxes) / len(kpts))
 
 
+def test_mediapipe_detector_gives_eyes_and_nose_and_no_made_up_mouth_corners(talking_heads):
+    stage = face_stage("mediapipe")
+    frames, kpts = talking_heads["moore_talkinghead_3.mp4"]
+    result = stage(clip_of(frames, kpts))
+    marks = result.fields["face_landmarks"]
+    assert np.all(np.isfinite(marks[:, :3])) and np.all(np.isnan(marks[:, 3:]))
+    # The eye on the image's left is the speaker's right eye, as in insightface's order; both lie near the
+    # pose model's eyes.
+    for slot, eye in ((0, "right_eye"), (1, "left_eye")):
+        gap = np.linalg.norm(marks[:, 0] - marks[:, 1], axis=1)
+        assert np.all(np.linalg.norm(marks[:, slot] - kpts[:, BODY[eye], :2], axis=1) < 0.35 * gap)
+    assert result.meta["models"]["detector"]["file"] == "face_detection_full_range_sparse.tflite"
+    assert "mediapipe" in result.meta["licence"] and result.meta["embedding"] is None
+
+
 def test_subject_face_index_needs_most_face_points_inside_and_breaks_ties_by_centre():
     boxes = np.array([[0, 0, 10, 10, 0.9], [4, 0, 14, 10, 0.8], [50, 50, 60, 60, 0.99]], np.float32)
     points = np.array([[8, 5], [9, 5], [10, 5]], np.float32)
@@ -251,9 +269,11 @@ def test_no_face_from_behind_even_where_the_detectors_fire_on_the_back_of_her_he
     directions = [facing(k, FACE_CONFIG["kpt_threshold"]) for k in kpts]
     assert all(d < -0.5 for d in directions[:len(front)]) and all(d > 0.5 for d in directions[len(front):])
     for backend, detector in (("yunet", YunetDetector(asset(f"models/{YUNET}"))),
-                              ("scrfd", ScrfdDetector(asset(f"models/{SCRFD_500M}")))):
-        fired = [len(detector(frame)[0]) > 0 for frame in frames[len(front):]]
-        assert any(fired), f"{backend} found no face from behind: the rule is untested"  # ...and the detectors fire
+                              ("scrfd", ScrfdDetector(asset(f"models/{SCRFD_500M}"))),
+                              ("mediapipe", None)):
+        if detector is not None:
+            fired = [len(detector(frame)[0]) > 0 for frame in frames[len(front):]]
+            assert any(fired), f"{backend} found no face from behind: the rule is untested"  # ...detectors fire
         result = face_stage(backend)(clip_of(frames, kpts))
         found = np.isfinite(result.fields["face_box"][:, 4])
         assert found.tolist() == [True] * len(front) + [False] * len(back), backend

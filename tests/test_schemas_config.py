@@ -62,7 +62,7 @@ def test_config_presets_and_base_files(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ({"clips": {"framez": 8}}, "unknown config key clips.'framez'"),
     ({"clips": {"preset": "sora"}}, "unknown clips.preset 'sora'"),
-    ({"video": {"crop": "subject"}}, "video.crop 'subject' is not available"),
+    ({"video": {"crop": "face"}}, "unknown video.crop 'face'; choose 'center' or 'subject'"),
     ({"stages": ["pose"]}, "the first stage must be 'decode'"),
 ])
 def test_config_errors_name_the_problem(override, message):

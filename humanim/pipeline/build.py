@@ -27,6 +27,7 @@ from humanim.schemas.tables import FAILURES, manifest_schema
 from humanim.stages.base import Clip, ClipSpec, Stage
 from humanim.stages.blur import HandBlur
 from humanim.stages.decode import Decode
+from humanim.stages.subject_crop import SubjectCropDecode
 from humanim.stages.face import Face
 from humanim.stages.masks import Masks
 from humanim.stages.pose_mediapipe import MediaPipePose
@@ -36,7 +37,7 @@ from humanim.stages.probe import probe
 
 # Stage name -> its class, or its classes by back-end (the `backend` key of its config section).
 STAGE_CLASSES: dict[str, type[Stage] | dict[str, type[Stage]]] = {
-    "decode": Decode,
+    "decode": {"center": Decode, "subject": SubjectCropDecode},  # by video.crop
     "pose": {"dwpose": RtmlibPose, "rtmw": RtmlibPose, "mediapipe": MediaPipePose},
     "face": Face,  # picks its back-end itself
     "masks": Masks,
@@ -61,9 +62,10 @@ def stage_class(name: str, config: BuildConfig) -> type[Stage]:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_CLASSES)}")
     entry = STAGE_CLASSES[name]
     if isinstance(entry, dict):
-        backend = config.raw[STAGE_SECTIONS[name]]["backend"]
+        choice = "crop" if name == "decode" else "backend"
+        backend = config.raw[STAGE_SECTIONS[name]][choice]
         if backend not in entry:
-            raise ValueError(f"unknown {name}.backend {backend!r}; back-ends: {', '.join(entry)}")
+            raise ValueError(f"unknown {STAGE_SECTIONS[name]}.{choice} {backend!r}; choose from {', '.join(entry)}")
         return entry[backend]
     return entry
 

@@ -32,7 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "video": {
         "width": 512,
         "height": 512,
-        "crop": "center",
+        "crop": "center",  # center | subject (cut around the tracked main subject; needs a YOLOX file)
+        "subject_detector": "yolox_nano_humanart.onnx",  # crop: subject only; model-store name or file path
+        "subject_margin": 0.1,
+        "detect_side": 416,
+        "subject_max_lost_share": 0.25,
         "crf": 18,
         "preset": "veryfast",
         "threads": 1,
@@ -52,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "min_tracking_confidence": 0.5,
     },
     "face": {
-        "backend": "insightface",  # insightface (buffalo_l, NON-COMMERCIAL) | scrfd | yunet (detection only)
+        "backend": "insightface",  # insightface (buffalo_l, NON-COMMERCIAL) | scrfd | yunet | mediapipe (detection only)
         "detector": None,
         "recognizer": None,
         "det_size": 640,
@@ -156,8 +160,8 @@ def resolve(raw: dict[str, Any]) -> BuildConfig:
     clips["stride"] = clips["stride"] or clips["frames"]
     if int(clips["frames"]) < 1 or float(clips["fps"]) <= 0 or int(clips["stride"]) < 1:
         raise ConfigError("clips.frames, clips.fps and clips.stride must be positive")
-    if config["video"]["crop"] != "center":
-        raise ConfigError(f"video.crop {config['video']['crop']!r} is not available; choose 'center'")
+    if config["video"]["crop"] not in ("center", "subject"):
+        raise ConfigError(f"unknown video.crop {config['video']['crop']!r}; choose 'center' or 'subject'")
     if "face" in config["stages"] and ("pose" not in config["stages"]
                                        or config["stages"].index("face") < config["stages"].index("pose")):
         raise ConfigError("the face stage picks the subject's face by its keypoints: put 'pose' before 'face'")

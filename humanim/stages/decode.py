@@ -119,10 +119,15 @@ class Decode(Stage):
         if self.threads < 1:
             raise ValueError("video.threads must be a fixed count >= 1: x264 output depends on it")
 
+    def crop(self, clip: Clip) -> tuple[CoverCrop, dict]:
+        """Where the clip is cut from its source, and what to record about it in the clip's metadata."""
+        info = clip.meta["source_info"]
+        return cover_crop(info["width"], info["height"], self.width, self.height), {}
+
     def __call__(self, clip: Clip) -> Annotations:
         spec = clip.spec
         info = clip.meta["source_info"]
-        crop = cover_crop(info["width"], info["height"], self.width, self.height)
+        crop, crop_record = self.crop(clip)
         decoded = read_frames(spec.source, set(spec.source_frame_pts), info["rotation"], crop, self.width,
                               self.height)
         missing = [t for p, t in zip(spec.source_frame_pts, spec.source_frame_times) if p not in decoded]
@@ -137,7 +142,7 @@ class Decode(Stage):
         return Annotations(
             frames=frames,
             fields={"frames": mp4},
-            meta={"crop_box": [round(v, 3) for v in crop.box], "encoder": {
+            meta={"crop_box": [round(v, 3) for v in crop.box], **crop_record, "encoder": {
                 "codec": "libx264", "crf": self.crf, "preset": self.preset, "threads": self.threads}},
             qa={"source_fps": info["average_fps"],
                 "repeated_frame_share": float(np.mean(indices[1:] == indices[:-1])) if len(indices) > 1 else 0.0},

@@ -23,9 +23,10 @@ distance, is about -1.4 facing the camera and +1.4 from behind on real clips, an
 the order is noise; `turn_margin` is how far from 0 it must be to count.
 
 Back-ends: `insightface` (buffalo_l: SCRFD-10GF detector and ArcFace w600k_r50; weights for NON-COMMERCIAL
-RESEARCH ONLY), `scrfd` (SCRFD-500M of buffalo_sc, same licence, detection only) and `yunet` (MIT, detection
-only). Without a recognition model the embedding is recorded as unavailable, with the reason; nothing else is
-put in its place.
+RESEARCH ONLY), `scrfd` (SCRFD-500M of buffalo_sc, same licence, detection only), `yunet` (MIT, detection
+only) and `mediapipe` (BlazeFace full-range, Apache-2.0, detection only, weights in the mediapipe wheel: the
+back-end that needs no download). Without a recognition model the embedding is recorded as unavailable, with
+the reason; nothing else is put in its place.
 """
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ import numpy as np
 
 from humanim.schemas.keypoints import BODY_NAMES, FACE
 from humanim.schemas.keys import file_sha256
+from humanim.stages import model_store
 from humanim.stages.base import Annotations, Clip, Resources, Stage
 from humanim.stages.blur import laplacian_sharpness
 from humanim.stages.face_models import (
-    ARCFACE_SIZE, ArcFaceEmbedder, ScrfdDetector, YunetDetector, align_face, model_path,
+    ARCFACE_SIZE, ArcFaceEmbedder, MediaPipeFaceDetector, ScrfdDetector, YunetDetector, align_face,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ INSIGHTFACE_LICENCE = ("insightface pretrained models (buffalo_l, buffalo_sc): N
 
 @dataclass(frozen=True)
 class Backend:
-    detector: str  # model-store file names
+    detector: str | None  # model-store file names; None: weights ship in a package
     recognizer: str | None
     licence: str
 
@@ -63,6 +65,7 @@ BACKENDS = {
     "scrfd": Backend("det_500m.onnx", None, INSIGHTFACE_LICENCE),
     "yunet": Backend("face_detection_yunet_2026may.onnx", None,
                      "YuNet weights: MIT (trained on WIDER FACE, whose terms are non-commercial)"),
+    "mediapipe": Backend(None, None, "MediaPipe BlazeFace full-range: Apache-2.0 (ships in the mediapipe wheel)"),
 }
 
 HEAD = [BODY_NAMES.index(n) for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
@@ -130,8 +133,8 @@ def frontality(landmarks: np.ndarray) -> float:
 class Face(Stage):
     """Per-frame face box and landmarks of the tracked subject, and (insightface) one identity embedding.
 
-    Config keys: backend (insightface | scrfd | yunet), detector and recognizer (model file names or paths;
-    null takes the back-end's; a name is looked up in the model store, a path is used as given),
+    Config keys: backend (insightface | scrfd | yunet | mediapipe), detector and recognizer (model file names or
+    paths; null takes the back-end's; a name is looked up in the model store, a path is used as given),
     det_size (SCRFD input side, a multiple of 32), det_threshold, nms_threshold, kpt_threshold, box_margin,
     min_inside, min_face_share, turn_margin, frontal_tolerance (see the module docstring).
     """
@@ -147,17 +150,21 @@ class Face(Stage):
         backend = BACKENDS[self.backend]
         detector_name = config["detector"] or backend.detector
         recognizer_name = config["recognizer"] or backend.recognizer
-        detector_path = model_path(detector_name)
-        if self.backend == "yunet":
-            self._detector = YunetDetector(detector_path, float(config["det_threshold"]),
-                                           float(config["nms_threshold"]))
+        if self.backend == "mediapipe":
+            self._detector = MediaPipeFaceDetector(float(config["det_threshold"]))
+            detector_path = self._detector.weights_path
         else:
-            self._detector = ScrfdDetector(detector_path, int(config["det_size"]), float(config["det_threshold"]),
-                                           float(config["nms_threshold"]))
+            detector_path = model_store.resolve_name_or_path(detector_name)
+            if self.backend == "yunet":
+                self._detector = YunetDetector(detector_path, float(config["det_threshold"]),
+                                               float(config["nms_threshold"]))
+            else:
+                self._detector = ScrfdDetector(detector_path, int(config["det_size"]),
+                                               float(config["det_threshold"]), float(config["nms_threshold"]))
         self._embedder = None
-        self._models = {"detector": {"file": Path(detector_name).name, "sha256": file_sha256(detector_path)}}
+        self._models = {"detector": {"file": detector_path.name, "sha256": file_sha256(detector_path)}}
         if recognizer_name is not None:
-            recognizer_path = model_path(recognizer_name)
+            recognizer_path = model_store.resolve_name_or_path(recognizer_name)
             self._embedder = ArcFaceEmbedder(recognizer_path)
             self._models["recognizer"] = {"file": Path(recognizer_name).name, "sha256": file_sha256(recognizer_path)}
         self.licence = backend.licence
@@ -174,7 +181,14 @@ class Face(Stage):
     def check_environment(cls, config: dict[str, Any]) -> None:
         if config["backend"] not in BACKENDS:
             raise ValueError(f"unknown face.backend {config['backend']!r}; back-ends: {', '.join(BACKENDS)}")
-        if config["backend"] != "yunet":
+        if config["backend"] == "mediapipe":
+            try:
+                import mediapipe  # noqa: F401
+            except ImportError as error:
+                raise ImportError("the mediapipe face back-end needs MediaPipe 0.10.14: run `make install`, or "
+                                  "pip install --no-deps mediapipe==0.10.14 absl-py attrs flatbuffers matplotlib "
+                                  "'protobuf<5'") from error
+        elif config["backend"] != "yunet":
             try:
                 import onnxruntime  # noqa: F401
             except ImportError as error:
@@ -184,6 +198,8 @@ class Face(Stage):
     @classmethod
     def model_names(cls, config: dict[str, Any]) -> list[str]:
         backend = BACKENDS[config["backend"]]
+        if backend.detector is None:
+            return []  # weights inside an installed package, whose version build.json records
         names = [config["detector"] or backend.detector]
         if backend.recognizer is not None:
             names.append(config["recognizer"] or backend.recognizer)

@@ -30,17 +30,6 @@ SCRFD_STRIDES = (8, 16, 32)
 SCRFD_ANCHORS_PER_CELL = 2
 
 
-def model_path(name_or_path: str) -> Path:
-    """The file a face config names: an existing path as given (a user's own file), else a model-store name,
-    resolved and checked against its sha256 by the model store."""
-    given = Path(name_or_path).expanduser()
-    if given.is_file():
-        return given
-    from humanim.stages import model_store
-
-    return model_store.resolve(name_or_path)
-
-
 def _onnx_session(path: Path, threads: int, providers: Sequence[str]):
     try:
         import onnxruntime
@@ -147,6 +136,46 @@ class YunetDetector:
         # Rows are (x, y, w, h, five landmark (x, y) pairs in insightface's order, score).
         boxes = np.concatenate([faces[:, :2], faces[:, :2] + faces[:, 2:4], faces[:, 14:15]], axis=1)
         return boxes.astype(np.float32), faces[:, 4:14].reshape(-1, 5, 2).astype(np.float32)
+
+
+class MediaPipeFaceDetector:
+    """BlazeFace full-range, through MediaPipe's legacy face_detection solution, whose weights ship in the
+    mediapipe wheel: the face detector that needs no download. Each frame is detected on its own (the solution
+    keeps no state between calls), so results do not depend on which clip ran before.
+
+    BlazeFace finds six points: both eyes, the nose tip, the mouth centre and both ear tragions. The mouth
+    corners of the 5-point layout are not among them, so they are NaN; nothing is made up in their place.
+    """
+
+    weights = "face_detection_full_range_sparse.tflite"
+
+    def __init__(self, score_threshold: float = 0.5):
+        import mediapipe
+
+        self.weights_path = Path(mediapipe.__file__).parent / "modules" / "face_detection" / self.weights
+        # model_selection=1 is the full-range model: faces up to about 5 m away, as in full-body footage; the
+        # short-range one only finds faces that fill much of a selfie.
+        self._solution = mediapipe.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=float(score_threshold))
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = rgb.shape[:2]
+        detections = self._solution.process(np.ascontiguousarray(rgb)).detections or []
+        boxes = np.zeros((len(detections), 5), np.float32)
+        landmarks = np.full((len(detections), 5, 2), np.nan, np.float32)
+        scale = np.array([width, height], np.float64)
+        for row, detection in enumerate(detections):
+            box = detection.location_data.relative_bounding_box
+            corner = np.array([box.xmin, box.ymin]) * scale
+            size = np.array([box.width, box.height]) * scale
+            # Normalised coordinates put the left edge at 0; pixel centres sit at integers (schemas.keypoints).
+            boxes[row] = (*(corner - 0.5), *(corner + size - 0.5), detection.score[0])
+            points = detection.location_data.relative_keypoints
+            # BlazeFace's order: the person's right eye (the image's left for a face looking at the camera),
+            # left eye, nose tip, then mouth centre and ears, which the 5-point layout has no row for.
+            landmarks[row, :3] = [(point.x * width - 0.5, point.y * height - 0.5) for point in points[:3]]
+        order = np.argsort(-boxes[:, 4], kind="stable")
+        return boxes[order], landmarks[order]
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:

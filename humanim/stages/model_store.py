@@ -234,6 +234,13 @@ def resolve(name: str) -> Path:
     return path
 
 
+def resolve_name_or_path(name_or_path: str) -> Path:
+    """The file a config names: an existing path as given (a user's own file, whose hash build.json records),
+    else a model-store name, resolved and checked against its sha256."""
+    given = Path(name_or_path).expanduser()
+    return given if given.is_file() else resolve(name_or_path)
+
+
 def describe(names: Iterable[str]) -> list[dict[str, str]]:
     """What a build records of each model file it used (build.json, clip metadata); resolves, so checks."""
     described = []
