@@ -345,3 +345,21 @@ def test_a_frontal_face_is_embedded_rather_than_a_sharper_turned_one(tmp_path):
                  for frame, m in zip(frames, marks)]
     assert sharpness[0] < sharpness[1] and frontality(marks[0]) > frontality(marks[1]) + 0.1
     assert result.meta["embedding"]["frame"] == 0
+
+
+def test_the_reference_frame_gets_the_subjects_face_embedding(talking_heads, tmp_path):
+    frames, kpts = talking_heads["moore_talkinghead_3.mp4"]
+    recognizer = tiny_arcface_interface_model(tmp_path / "tiny_arcface_interface_model.onnx")
+    stage = face_stage("insightface", recognizer=str(recognizer))
+    clip = clip_of(frames[:4], kpts[:4])
+    clip.reference, clip.fields["ref_kpts"] = frames[6], kpts[6]
+    result = stage(clip)
+    # The same face, found and aligned in the reference frame, as a clip of that frame alone embeds it.
+    alone = stage(clip_of(frames[6:7], kpts[6:7])).fields["face_embedding"]
+    assert result.fields["ref_face_embedding"] @ alone == pytest.approx(1.0, abs=1e-5)
+    assert result.fields["ref_face_embedding"] @ result.fields["face_embedding"] < 0.9999  # another frame's face
+    # Reference keypoints that show no face: no reference embedding, and the reason.
+    clip.fields["ref_kpts"] = np.zeros_like(kpts[6])
+    result = stage(clip)
+    assert "ref_face_embedding" not in result.fields
+    assert result.meta["reference_embedding_missing"] == "the subject's face is not seen in the reference frame"

@@ -51,6 +51,13 @@ def test_offline_stages_fill_every_sample(offline_build):
     # MediaPipe also places confident points past the crop edge (feet cut off by the square crop).
     assert len(confident) > 8 * 10 and inside.mean() > 0.8
     assert np.array_equal(np.isfinite(sample["hand_sharpness"]), sample["hand_valid"])
+    # The reference frame: the same dancer, from a source frame that is not one of the clip's.
+    reference = sample["meta"]["stages"]["decode"]["reference"]
+    assert reference["same_scene"] and reference["source_frame_index"] not in sample["meta"]["source_frame_indices"]
+    assert sample["ref_frame"].shape == (256, 256, 3) and sample["ref_kpts"].shape == (133, 3)
+    assert min(np.abs(sample["ref_frame"].astype(int) - frame).mean() for frame in sample["frames"]) > 5
+    ref_body = sample["ref_kpts"][:17]
+    assert (ref_body[:, 2] > 0.5).sum() >= 10
     record = json.loads((offline_build / "build.json").read_text())
     assert set(record["stage_seconds"]) == {"decode", "pose", "face", "masks", "blur"}
     assert [(m["name"], m["sha256"][:16]) for m in record["models"]] == [

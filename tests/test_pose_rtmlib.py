@@ -266,3 +266,26 @@ def test_config_errors_are_named(store):
         stage(device="tpu")
     assert stage().model_files() == [NANO, "tiny_simcc_pose_model.onnx"]
     assert stage(backend="rtmw").backend == "rtmw"
+
+
+def test_the_subject_is_found_again_in_the_reference_frame_or_its_absence_recorded(store):
+    rgb = demo_photo()
+    spec = ClipSpec(key="test_00000", video_id="test", clip_index=0, split="train", source="", source_sha256="",
+                    source_frame_indices=(10, 11), source_frame_pts=(10, 11), source_frame_times=(0.4, 0.44),
+                    frame_times=(0.4, 0.44), fps=25.0, reference_frame_index=40, reference_frame_pts=40,
+                    reference_frame_time=1.6, reference_same_scene=True)
+    pose = stage()
+    # The reference shows the same scene a little later: the players moved 6 px to the left.
+    moved = np.roll(rgb, -6, axis=1)
+    annotations = pose(Clip(spec=spec, frames=np.stack([rgb, rgb]), reference=moved))
+    subject = annotations.fields["subject_box"][-1]
+    reference_people = pose.detect_people(moved[None])[0]
+    nearest = np.argmin(np.abs(reference_people[:, :4] - (subject[:4] - [6, 0, 6, 0])).max(axis=1))
+    crop, _, _ = crop_for_pose(moved, reference_people[nearest], (INPUT_W, INPUT_H))
+    expected = expected_keypoints(reference_people[nearest], float(crop.mean()))
+    np.testing.assert_allclose(annotations.fields["ref_kpts"][:, :2], expected[:, :2], atol=2e-3)
+    # Nobody in the reference: no reference keypoints, and the reason is recorded.
+    grey = np.full_like(rgb, 127)
+    annotations = pose(Clip(spec=spec, frames=np.stack([rgb, rgb]), reference=grey))
+    assert "ref_kpts" not in annotations.fields
+    assert annotations.meta["reference_missing"] == "the subject was not found in the reference frame"

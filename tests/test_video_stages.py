@@ -87,3 +87,32 @@ def test_decode_is_byte_identical_and_short_videos_are_rejected(tmp_path):
     assert first.frames.shape == (8, 48, 64, 3) and first.frames.std() > 10
     with pytest.raises(ClipRejected, match="no scene is long enough"):
         plan_clips(info, [0], PlanConfig(frames=400, fps=24, stride=400))
+
+
+def test_reference_frame_is_the_scene_frame_furthest_from_the_clip_and_never_one_of_its_frames(tmp_path):
+    # 60 coded frames at 25 fps with a cut at 30 (two flat shots plus the code), so each frame says who it is.
+    path = write_video(tmp_path / "coded.mp4", [coded_frame(i) for i in range(60)])
+    info = probe(str(path))
+    specs = plan_clips(info, [0, 30], PlanConfig(frames=8, fps=25, stride=8))
+    for spec in specs:
+        scene = (0, 30) if spec.source_frame_indices[0] < 30 else (30, 60)
+        window = (spec.source_frame_indices[0], spec.source_frame_indices[-1])
+        assert spec.reference_frame_index not in spec.source_frame_indices and spec.reference_same_scene
+        assert scene[0] <= spec.reference_frame_index < scene[1]
+        # The scene's end furthest from the window.
+        furthest = scene[0] if window[0] - scene[0] >= scene[1] - 1 - window[1] else scene[1] - 1
+        assert spec.reference_frame_index == furthest
+    annotations = _decode(info, specs[1])
+    assert specs[1].reference_frame_index == 29 and read_code(annotations.reference) == 29 % 10  # codes are i % 10
+    assert annotations.reference.shape == annotations.frames.shape[1:]
+    assert annotations.meta["reference"] == {"source_frame_index": 29, "source_frame_time": pytest.approx(1.16),
+                                             "same_scene": True}
+
+
+def test_a_clip_filling_its_scene_takes_its_reference_from_the_next_scene_or_has_none():
+    from humanim.stages.plan import reference_frame
+
+    assert reference_frame((10, 19), (10, 20), 40) == (9, False)  # the frame just before, in the previous scene
+    assert reference_frame((0, 9), (0, 10), 40) == (10, False)
+    assert reference_frame((0, 39), (0, 40), 40) is None  # the clip is the whole video
+    assert reference_frame((12, 15), (10, 20), 40) == (19, True)

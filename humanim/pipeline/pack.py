@@ -29,6 +29,9 @@ def pack_clip(clip: Clip, build_seed: int, stage_names: list[str]) -> tuple[byte
     """The sample's tar members and its manifest row (shard, offset and size are filled in by the packer)."""
     meta = clip_meta(clip, build_seed, stage_names)
     values = {**clip.fields, "meta": meta}
+    # The reference frame goes in once the pose stage has found the subject in it (ref_kpts).
+    if clip.reference is not None and "ref_kpts" in clip.fields:
+        values["ref_frame"] = clip.reference
     members = [(field.ext, encode_field(field, values[name])) for name, field in FIELDS.items() if name in values]
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:

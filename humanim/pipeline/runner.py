@@ -36,6 +36,8 @@ class StageRunner:
         else:
             if annotations.frames is not None:
                 clip.frames = annotations.frames
+            if annotations.reference is not None:
+                clip.reference = annotations.reference
             clip.fields.update(annotations.fields)
             clip.qa.update(annotations.qa)
             clip.meta.setdefault("stages", {})[name] = {"version": self.stage.version, **annotations.meta}

@@ -16,7 +16,7 @@ import numpy as np
 class Field:
     name: str
     ext: str  # WebDataset extension: the member name is f"{key}.{ext}"
-    codec: str  # "mp4" | "json" | "npy"
+    codec: str  # "mp4" | "json" | "npy" | "png"
     dtype: str
     shape: tuple[str | int, ...]  # named axes resolve against the sample's meta (T, H, W)
     units: str
@@ -101,6 +101,28 @@ register(Field(
                 "has no recognition model or no face was found (meta.stages.face says which).",
 ))
 
+register(Field(
+    name="ref_frame", ext="ref_frame.png", codec="png", dtype="uint8", shape=("H", "W", 3),
+    units="sRGB", frame="clip pixels (the clip's crop of the reference's source frame)", stage="pack",
+    optional=True,
+    description="A reference frame of the clip's subject from elsewhere in the same video, never one of the "
+                "clip's frames (meta.stages.decode.reference says which source frame and whether it is from "
+                "the clip's scene); absent when the video has no frame outside the clip or the subject is not "
+                "found in it (meta.stages.pose says why).",
+))
+register(Field(
+    name="ref_kpts", ext="ref_kpts.npy", codec="npy", dtype="float32", shape=(133, 3),
+    units="x, y in pixels; score in [0, 1]", frame="reference frame pixels, pixel centres at integers",
+    stage="pose", optional=True,
+    description="Whole-body keypoints of the subject in the reference frame (COCO-WholeBody order, as kpts).",
+))
+register(Field(
+    name="ref_face_embedding", ext="ref_face_embedding.npy", codec="npy", dtype="float32", shape=(512,),
+    units="unit L2 norm", frame="ArcFace identity space", stage="face", optional=True,
+    description="ArcFace identity of the subject's face in the reference frame; absent without a recognition "
+                "model or a visible face there.",
+))
+
 # Keys every meta.json holds; stages add their own records under meta["stages"][name].
 META_KEYS = (
     "key", "video_id", "clip_index", "split", "source", "source_sha256", "fps", "num_frames", "width", "height",
@@ -121,6 +143,15 @@ def encode_field(field: Field, value) -> bytes:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         return buffer.getvalue()
+    if field.codec == "png":
+        import cv2
+
+        # Lossless, and the same bytes for the same pixels (fixed compression level, no timestamp chunk).
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(np.asarray(value, np.uint8)[..., ::-1]),
+                                [cv2.IMWRITE_PNG_COMPRESSION, 6])
+        if not ok:
+            raise ValueError(f"{field.name}: PNG encoding failed")
+        return data.tobytes()
     raise ValueError(f"unknown codec {field.codec!r}")
 
 
@@ -132,6 +163,13 @@ def decode_field(field: Field, data: bytes):
         return json.loads(data)
     if field.codec == "npy":
         return np.load(io.BytesIO(data), allow_pickle=False)
+    if field.codec == "png":
+        import cv2
+
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{field.name}: not a decodable PNG")
+        return np.ascontiguousarray(image[..., ::-1])
     raise ValueError(f"unknown codec {field.codec!r}")
 
 

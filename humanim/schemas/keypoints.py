@@ -114,9 +114,11 @@ def flip_sample(sample: dict[str, Any]) -> dict[str, Any]:
 
     Keys it transforms (any other key is returned unchanged, so a new spatial field must be added here):
       frames         [T, H, W, 3]   mirrored along W
+      ref_frame      [H, W, 3]      mirrored along W
       masks          [T, H, W]      mirrored along W
                      [T, 3, H, W]   mirrored along W, and the left/right hand channels swapped (MASK_CHANNELS)
       kpts           [T, 133, 3]    flip_keypoints
+      ref_kpts       [133, 3]       flip_keypoints
       subject_box    [T, 5]         flip_boxes on (x0, y0, x1, y1); the score stays
       face_box       [T, 5]         flip_boxes on (x0, y0, x1, y1); the score stays
       face_landmarks [T, 5, 2]      x' = W - 1 - x, and the points reordered so "eye on the image left" stays so
@@ -136,8 +138,11 @@ def flip_sample(sample: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"masks [T, K, H, W] must have K = {len(MASK_CHANNELS)} {MASK_CHANNELS}")
             masks = np.ascontiguousarray(masks[:, [0, 2, 1]])
         out["masks"] = masks
-    if "kpts" in sample:
-        out["kpts"] = flip_keypoints(sample["kpts"], width)
+    if "ref_frame" in sample:
+        out["ref_frame"] = _flip_image_axis(sample["ref_frame"], axis=1)
+    for key in ("kpts", "ref_kpts"):
+        if key in sample:
+            out[key] = flip_keypoints(sample[key], width)
     for key in ("subject_box", "face_box"):
         if key in sample:
             boxes = np.array(sample[key], copy=True)

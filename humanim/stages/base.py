@@ -41,6 +41,12 @@ class ClipSpec:
     source_frame_times: tuple[float, ...]  # presentation time in seconds of that source frame
     frame_times: tuple[float, ...]  # target times in seconds, at the clip fps
     fps: float
+    # The reference frame: a source frame of the same video outside the clip's frames (see plan.py); None when
+    # the video has no frame outside the clip.
+    reference_frame_index: int | None = None
+    reference_frame_pts: int | None = None
+    reference_frame_time: float | None = None
+    reference_same_scene: bool | None = None
 
 
 @dataclass
@@ -51,6 +57,7 @@ class Annotations:
     meta: dict[str, Any] = field(default_factory=dict)
     qa: dict[str, float] = field(default_factory=dict)
     frames: np.ndarray | None = None  # only the decode stage sets this: [T, H, W, 3] uint8
+    reference: np.ndarray | None = None  # only the decode stage sets this: the reference frame [H, W, 3] uint8
 
 
 @dataclass
@@ -59,6 +66,7 @@ class Clip:
 
     spec: ClipSpec
     frames: np.ndarray | None = None
+    reference: np.ndarray | None = None  # the reference frame [H, W, 3], cut like the clip's frames
     fields: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     qa: dict[str, float] = field(default_factory=dict)

@@ -137,12 +137,26 @@ class Decode(Stage):
         yuv = [decoded[p] for p in spec.source_frame_pts]
         to_rgb = VideoReformatter()
         frames = np.stack([to_rgb.reformat(f, format="rgb24", threads=1).to_ndarray() for f in yuv])
+        reference, reference_record = None, {"reference": None, "reference_missing": "no frame outside the clip"}
+        if spec.reference_frame_pts is not None:
+            # Its own seek: the reference may lie far from the clip, and decoding the stretch between is waste.
+            found = read_frames(spec.source, {spec.reference_frame_pts}, info["rotation"], crop, self.width,
+                                self.height)
+            if found:
+                reference = to_rgb.reformat(found[spec.reference_frame_pts], format="rgb24", threads=1).to_ndarray()
+                reference_record = {"reference": {
+                    "source_frame_index": spec.reference_frame_index,
+                    "source_frame_time": round(spec.reference_frame_time, 6),
+                    "same_scene": spec.reference_same_scene}}
+            else:
+                reference_record["reference_missing"] = "the reference frame could not be decoded"
         mp4 = encode_h264(yuv, spec.fps, self.crf, self.preset, self.threads)
         indices = np.asarray(spec.source_frame_indices)
         return Annotations(
             frames=frames,
+            reference=reference,
             fields={"frames": mp4},
-            meta={"crop_box": [round(v, 3) for v in crop.box], **crop_record, "encoder": {
+            meta={"crop_box": [round(v, 3) for v in crop.box], **crop_record, **reference_record, "encoder": {
                 "codec": "libx264", "crf": self.crf, "preset": self.preset, "threads": self.threads}},
             qa={"source_fps": info["average_fps"],
                 "repeated_frame_share": float(np.mean(indices[1:] == indices[:-1])) if len(indices) > 1 else 0.0},

@@ -217,14 +217,9 @@ class Face(Stage):
         face_box = np.full((num_frames, 5), np.nan, dtype=np.float32)
         face_landmarks = np.full((num_frames, 5, 2), np.nan, dtype=np.float32)
         for t in range(num_frames):
-            points = face_points(kpts[t], self.kpt_threshold)
-            if len(points) == 0 or not shows_face(kpts[t], self.kpt_threshold, self.min_face_share,
-                                                  self.turn_margin):
-                continue  # no face of the subject to find, so the detector need not run
-            boxes, landmarks = self._detector(frames[t])
-            chosen = subject_face_index(boxes, points, self.box_margin, self.min_inside)
-            if chosen is not None:
-                face_box[t], face_landmarks[t] = boxes[chosen], landmarks[chosen]
+            box, landmarks = self._subject_face(frames[t], kpts[t])
+            if box is not None:
+                face_box[t], face_landmarks[t] = box, landmarks
         seen = np.flatnonzero(np.isfinite(face_box[:, 4]))
         fields: dict[str, np.ndarray] = {"face_box": face_box, "face_landmarks": face_landmarks}
         meta: dict[str, Any] = {"backend": self.backend, "models": self._models, "licence": self.licence}
@@ -237,8 +232,23 @@ class Face(Stage):
             embedding, record = self._embed_best(frames, face_box, face_landmarks, seen)
             fields["face_embedding"] = embedding
             meta["embedding"] = record
+        if self._embedder is not None and clip.reference is not None and "ref_kpts" in clip.fields:
+            landmarks = self._subject_face(clip.reference, clip.fields["ref_kpts"])[1]
+            if landmarks is None:
+                meta["reference_embedding_missing"] = "the subject's face is not seen in the reference frame"
+            else:
+                fields["ref_face_embedding"] = self._embedder(align_face(clip.reference, landmarks)[None])[0]
         return Annotations(fields=fields, meta=meta,
                            qa={"face_rate": float(len(seen) / num_frames) if num_frames else 0.0})
+
+    def _subject_face(self, frame: np.ndarray, kpts: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The subject's face box [5] and landmarks [5, 2] in one frame, given its keypoints [133, 3]."""
+        points = face_points(kpts, self.kpt_threshold)
+        if len(points) == 0 or not shows_face(kpts, self.kpt_threshold, self.min_face_share, self.turn_margin):
+            return None, None  # no face of the subject to find, so the detector need not run
+        boxes, landmarks = self._detector(frame)
+        chosen = subject_face_index(boxes, points, self.box_margin, self.min_inside)
+        return (None, None) if chosen is None else (boxes[chosen], landmarks[chosen])
 
     def _embed_best(self, frames: np.ndarray, face_box: np.ndarray, face_landmarks: np.ndarray,
                     seen: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:

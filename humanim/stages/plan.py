@@ -62,6 +62,23 @@ def split_of(video_id: str, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
+def reference_frame(window: tuple[int, int], scene: tuple[int, int], num_frames: int) -> tuple[int, bool] | None:
+    """The source frame a clip's reference comes from, and whether it is in the clip's own scene.
+
+    Training with a reference that is one of the target frames teaches the model to copy it; the reference must
+    show the same person in another pose. The frame of the clip's scene furthest in time from the clip's window
+    [first, last] differs most in pose while still showing the same shot (same person, light and clothes);
+    deterministic, so rebuilds agree. Only when the clip fills its whole scene does it come from the nearest
+    other scene. None when the video has no frame outside the window."""
+    first, last = window
+    scene_first, scene_end = scene
+    before, after = first - scene_first, scene_end - 1 - last
+    if before > 0 or after > 0:
+        return (scene_first if before >= after else scene_end - 1), True
+    outside = [i for i in (first - 1, last + 1) if 0 <= i < num_frames]
+    return (outside[0], False) if outside else None
+
+
 def plan_clips(info: VideoInfo, scene_starts: list[int], config: PlanConfig) -> list[ClipSpec]:
     if min(info.width, info.height) < config.min_source_side:
         raise ClipRejected(f"source resolution {info.width}x{info.height} is below clips.min_source_side="
@@ -82,13 +99,17 @@ def plan_clips(info: VideoInfo, scene_starts: list[int], config: PlanConfig) -> 
             picked = np.searchsorted(times, targets + 1e-6, side="right") - 1
             picked = np.clip(picked, first, end - 1)
             index = len(specs)
+            reference = reference_frame((int(picked[0]), int(picked[-1])), (first, end), len(times))
+            reference_fields = {} if reference is None else dict(
+                reference_frame_index=reference[0], reference_frame_pts=int(info.frame_pts[reference[0]]),
+                reference_frame_time=float(times[reference[0]]), reference_same_scene=reference[1])
             specs.append(ClipSpec(
                 key=clip_key(info.video_id, index), video_id=info.video_id, clip_index=index, split=split,
                 source=info.source, source_sha256=info.sha256,
                 source_frame_indices=tuple(int(i) for i in picked),
                 source_frame_pts=tuple(int(info.frame_pts[i]) for i in picked),
                 source_frame_times=tuple(float(times[i]) for i in picked),
-                frame_times=tuple(float(t) for t in targets), fps=config.fps,
+                frame_times=tuple(float(t) for t in targets), fps=config.fps, **reference_fields,
             ))
             if config.max_clips_per_video and len(specs) >= config.max_clips_per_video:
                 return specs

@@ -154,10 +154,22 @@ class MediaPipePose(Stage):
             raise ClipRejected(f"main subject lost in {int(lost.sum())} of {num_frames} frames "
                                f"({lost.mean():.0%}, more than the {self.max_lost_share:.0%} allowed)")
         rates = found.mean(axis=0)
+        fields = {"kpts": kpts, "subject_box": keypoint_boxes(kpts, self.kpt_threshold)}
+        meta = {"backend": "mediapipe", "mediapipe_version": self._mediapipe_version,
+                "model_complexity": self.model_complexity}
+        if clip.reference is not None:
+            # Holistic follows one person, so the person it finds in the reference is taken as the subject.
+            self._holistic.reset()
+            result = self._holistic.process(np.ascontiguousarray(clip.reference))
+            if result.pose_landmarks is None:
+                meta["reference_missing"] = "no person found in the reference frame"
+            else:
+                fields["ref_kpts"] = mediapipe_to_wholebody(
+                    _landmarks(result.pose_landmarks, with_visibility=True), _landmarks(result.left_hand_landmarks),
+                    _landmarks(result.right_hand_landmarks), _landmarks(result.face_landmarks), width, height)
         return Annotations(
-            fields={"kpts": kpts, "subject_box": keypoint_boxes(kpts, self.kpt_threshold)},
-            meta={"backend": "mediapipe", "mediapipe_version": self._mediapipe_version,
-                  "model_complexity": self.model_complexity},
+            fields=fields,
+            meta=meta,
             qa={"pose_body_rate": float(rates[0]), "pose_face_rate": float(rates[1]),
                 "pose_lhand_rate": float(rates[2]), "pose_rhand_rate": float(rates[3]),
                 # Holistic follows one person and cannot count the others.

@@ -28,7 +28,7 @@ from rtmlib.tools.pose_estimation.pre_processings import bbox_xyxy2cs, top_down_
 from humanim.schemas.keypoints import BODY, FACE, LEFT_HAND, NUM_KEYPOINTS, RIGHT_HAND
 from humanim.stages import model_store
 from humanim.stages.base import Annotations, Clip, Resources, Stage
-from humanim.stages.track import track_subject
+from humanim.stages.track import reference_subject, track_subject
 
 logger = logging.getLogger(__name__)
 
@@ -307,4 +307,17 @@ class RtmlibPose(Stage):
             meta["provider_fallback"] = self.provider_fallback
         qa = {f"pose_{part}_rate": rate for part, rate in rates.items()}
         qa.update(people_seen=float(track.people_seen), subject_lost_share=float(track.lost.mean()))
-        return Annotations(fields={"kpts": kpts, "subject_box": track.boxes}, meta=meta, qa=qa)
+        fields = {"kpts": kpts, "subject_box": track.boxes}
+        if clip.reference is not None:
+            # The subject where the clip is nearest to the reference in time: its first frame or its last.
+            spec = clip.spec
+            nearest = 0 if (spec.reference_frame_index or 0) < spec.source_frame_indices[0] else len(frames) - 1
+            found = np.flatnonzero(~track.lost)
+            nearest = int(found[np.argmin(np.abs(found - nearest))])
+            reference_people = self.detect_people(clip.reference[None])[0]
+            chosen = reference_subject(reference_people, track.boxes[nearest], track.people_seen)
+            if chosen is None:
+                meta["reference_missing"] = "the subject was not found in the reference frame"
+            else:
+                fields["ref_kpts"] = self.estimate_pose(clip.reference[None], [reference_people[chosen, :4]])[0]
+        return Annotations(fields=fields, meta=meta, qa=qa)

@@ -219,6 +219,23 @@ def track_subject(boxes_per_frame: list[np.ndarray], frame_size: tuple[int, int]
                         prominence=prominence, runner_up_prominence=runner_up)
 
 
+def reference_subject(boxes: np.ndarray, subject_box: np.ndarray, people_seen: int,
+                      min_iou: float = 0.3) -> int | None:
+    """Which person box [N, 5] of a reference frame is the clip's subject, given the subject's box [>= 4] in the
+    clip frame nearest in time; None when none can be told to be. With one person in the clip and one in the
+    reference, it is that one; otherwise the box overlapping the subject's most, by at least `min_iou` (the
+    reference may lie seconds away, so overlap is required rather than trusted from a nearest box)."""
+    if len(boxes) == 0:
+        return None
+    if people_seen <= 1 and len(boxes) == 1:
+        return 0
+    if np.isnan(subject_box[0]):
+        return None
+    overlaps = _iou(np.asarray(subject_box[:4], np.float64), np.asarray(boxes[:, :4], np.float64))
+    best = int(np.argmax(overlaps))
+    return best if overlaps[best] >= min_iou else None
+
+
 def subject_crop_box(boxes: np.ndarray, source_size: tuple[int, int], target_size: tuple[int, int],
                      margin: float = 0.1) -> tuple[float, float, float, float]:
     """One crop box (x0, y0, x1, y1) for the whole clip, with the target's aspect ratio, in source pixels.
