@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from humanim.schemas.keys import derive_seed
-from humanim.stages.base import Clip, ClipSpec
 from humanim.stages.noise import (
-    PRESETS, ArticulatedNoise, FrameSurface, ancestor_table, articulated_noise, cell_index_map, children_table,
+    PRESETS, FrameSurface, ancestor_table, articulated_noise, cell_index_map, children_table,
     draw_canonical, generator_for, latent_frame_noise, latent_frame_noise_reference, texel_centroids,
     texel_local_index, weighted_row_sums,
 )
@@ -398,31 +396,3 @@ def test_frames_without_a_body_keep_the_background_field():
     late = articulated_noise(face_id, barycentric, PRESETS["svd"], 3)
     assert (late.noise[:3] == empty.noise[:3]).all() and (late.noise[3:, :, 0, 1] != empty.noise[3:, :, 0, 1]).all()
     assert late.visibility[3, 0, 1] == 1 and late.visibility.sum() == 1
-
-
-def test_stage_writes_registry_shaped_fields_with_a_derived_seed(sphere_clip):
-    _, face_id, barycentric = sphere_clip
-    spec = ClipSpec(key="0123456789abcdef_00003", video_id="0123456789abcdef", clip_index=3, split="train",
-                    source="", source_sha256="", source_frame_indices=(), source_frame_pts=(), source_frame_times=(),
-                    frame_times=(), fps=16.0)
-    clip = Clip(spec=spec, fields={"face_id": face_id, "barycentric": barycentric})
-    stage = ArticulatedNoise({"preset": "wan"}, build_seed=5)
-    annotations = stage(clip)
-    assert annotations.meta["seed"] == derive_seed(5, spec.key, "noise")
-    assert annotations.fields["noise"].dtype == np.float16 and annotations.fields["noise"].shape == (3, 16, 8, 8)
-    assert annotations.fields["latent_flow"].dtype == np.float32
-    assert annotations.fields["latent_flow"].shape == (2, 2, 8, 8)
-    assert annotations.fields["latent_visibility"].dtype == np.uint8
-    assert annotations.fields["latent_visibility"].shape == (2, 8, 8)
-    again = ArticulatedNoise({"preset": "wan"}, build_seed=5)(clip)
-    assert annotations.fields["noise"].tobytes() == again.fields["noise"].tobytes()
-    other = ArticulatedNoise({"preset": "wan"}, build_seed=6)(clip)
-    assert annotations.fields["noise"].tobytes() != other.fields["noise"].tobytes()
-    svd = ArticulatedNoise({"preset": "svd", "texel_level": 1})(clip)
-    assert svd.fields["noise"].shape == (VIDEO_FRAMES, 4, 8, 8) and svd.meta["levels"] == [1] * VIDEO_FRAMES
-    with pytest.raises(ValueError, match="preset"):
-        ArticulatedNoise({"preset": "nope"})
-    with pytest.raises(ValueError, match="texel_level"):
-        ArticulatedNoise({"texel_level": "fine"})
-    with pytest.raises(ValueError, match="render"):
-        ArticulatedNoise({})(Clip(spec=spec))

@@ -30,10 +30,12 @@ from humanim.stages.decode import Decode
 from humanim.stages.subject_crop import SubjectCropDecode
 from humanim.stages.face import Face
 from humanim.stages.masks import Masks
+from humanim.stages.noise import ArticulatedNoise
 from humanim.stages.pose_mediapipe import MediaPipePose
 from humanim.stages.pose_rtmlib import RtmlibPose
 from humanim.stages.plan import detect_scene_starts, plan_clips
 from humanim.stages.probe import probe
+from humanim.stages.render import Render
 
 # Stage name -> its class, or its classes by back-end (the `backend` key of its config section).
 STAGE_CLASSES: dict[str, type[Stage] | dict[str, type[Stage]]] = {
@@ -42,9 +44,12 @@ STAGE_CLASSES: dict[str, type[Stage] | dict[str, type[Stage]]] = {
     "face": Face,  # picks its back-end itself
     "masks": Masks,
     "blur": HandBlur,
+    "render": Render,
+    "noise": ArticulatedNoise,
 }
 # The config section each stage is built from.
-STAGE_SECTIONS = {"decode": "video", "pose": "pose", "face": "face", "masks": "masks", "blur": "blur"}
+STAGE_SECTIONS = {"decode": "video", "pose": "pose", "face": "face", "masks": "masks", "blur": "blur",
+                  "body": "body", "render": "render", "noise": "noise"}
 
 
 @dataclass

@@ -71,6 +71,20 @@ DEFAULTS: dict[str, Any] = {
     },
     "masks": {"threshold": 0.3, "face_margin": 0.2, "hand_margin": 0.2},
     "blur": {"threshold": 0.3, "margin": 0.2, "crop_size": 32},
+    "body": {
+        "model": "anny",  # anny (ships in its wheel) | smpl | smplx (model files under their licence)
+        "model_path": None,  # smpl / smplx: the model file, or a folder holding it
+        "iterations": 150,
+        "score_threshold": 0.3,
+        "focal": None,  # pixels; null: from the frame size (recorded as such)
+        "max_error_px": 25.0,  # a clip whose mean reprojection error is above this is a bad fit
+        "bad_frame_px": 15.0,  # per-frame threshold for fit_bad_frame_share
+        "on_bad_fit": "fail",  # fail (a failures row with the reason) | flag (kept, flagged in the manifest)
+        "device": "cpu",
+        "import_dir": None,  # a folder of 4D-Humans / HMR2 outputs to read instead of fitting
+    },
+    "render": {"model_path": None, "device": "cpu", "threads": 1},  # model_path: null takes body.model_path
+    "noise": {"preset": "wan", "texel_level": "auto", "model_path": None, "device": "cpu"},
     "shards": {
         "max_samples": 1000,
         "max_bytes": 1_000_000_000,
@@ -165,6 +179,13 @@ def resolve(raw: dict[str, Any]) -> BuildConfig:
     if "face" in config["stages"] and ("pose" not in config["stages"]
                                        or config["stages"].index("face") < config["stages"].index("pose")):
         raise ConfigError("the face stage picks the subject's face by its keypoints: put 'pose' before 'face'")
+    for later, earlier in (("body", "pose"), ("render", "body"), ("noise", "body")):
+        if later in config["stages"] and (earlier not in config["stages"]
+                                          or config["stages"].index(later) < config["stages"].index(earlier)):
+            raise ConfigError(f"the {later} stage reads what the {earlier} stage makes: put '{earlier}' before "
+                              f"'{later}'")
+    for section in ("render", "noise"):  # they pose the body model the fit was made with
+        config[section]["model_path"] = config[section]["model_path"] or config["body"]["model_path"]
     if config["stages"][:1] != ["decode"]:
         raise ConfigError("the first stage must be 'decode': every other stage reads its frames")
     return BuildConfig(config)

@@ -5,6 +5,7 @@ docs/FORMAT.md is generated from it. Later stages add their fields here.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 class Field:
     name: str
     ext: str  # WebDataset extension: the member name is f"{key}.{ext}"
-    codec: str  # "mp4" | "json" | "npy" | "png"
+    codec: str  # "mp4" | "json" | "npy" | "npy.gz" | "npz" | "png"
     dtype: str
     shape: tuple[str | int, ...]  # named axes resolve against the sample's meta (T, H, W)
     units: str
@@ -123,6 +124,56 @@ register(Field(
                 "model or a visible face there.",
 ))
 
+register(Field(
+    name="body", ext="body.npz", codec="npz", dtype="mixed", shape=(),
+    units="metres, radians (axis-angle), pixels", frame="OpenCV camera frame (x right, y down, z forward)",
+    stage="body",
+    description="The clip's body-model fit (stages/fit.py): model, shape, per-frame pose, global_orient and "
+                "transl in the camera frame, camera (fx, fy, cx, cy), per-frame reprojection error in pixels.",
+))
+register(Field(
+    name="depth", ext="depth.npy.gz", codec="npy.gz", dtype="uint16", shape=("T", "H", "W"),
+    units="millimetres (z-depth); 0 off the body", frame="camera", stage="render",
+    description="Rendered z-depth of the fitted body (Champ's depth condition), lossless at 1 mm.",
+))
+register(Field(
+    name="normal", ext="normal.npy.gz", codec="npy.gz", dtype="uint8", shape=("T", "H", "W", 3),
+    units="round((n + 1) * 127.5) per axis; 0 off the body", frame="camera (x right, y down, z forward)",
+    stage="render", description="Rendered surface normal of the fitted body (Champ's normal condition).",
+))
+register(Field(
+    name="part", ext="part.npy.gz", codec="npy.gz", dtype="uint8", shape=("T", "H", "W"),
+    units="1 + index into body_models.SMPL_PARTS; 0 off the body", frame="clip pixels", stage="render",
+    description="Semantic body-part map: each pixel's SMPL region (Champ colours it with viridis of 10 x label, "
+                "docs/FORMAT.md).",
+))
+register(Field(
+    name="body_mask", ext="body_mask.npy", codec="npy", dtype="uint8", shape=("T", "H", "W/8"),
+    units="bits: np.packbits along W, big-endian", frame="clip pixels", stage="render",
+    description="Silhouette of the fitted body (the masks stage's body mask), bit-packed along W as masks are.",
+))
+register(Field(
+    name="face_id", ext="face_id.npy.gz", codec="npy.gz", dtype="int32", shape=("T", "H", "W"),
+    units="index of the body-model mesh face seen; -1 off the body", frame="clip pixels", stage="render",
+    description="Per-pixel surface id: with the fit, it places every pixel on the body surface.",
+))
+register(Field(
+    name="noise", ext="noise.npy", codec="npy", dtype="float16", shape=("T'", "C", "H/s", "W/s"),
+    units="N(0, 1) per element", frame="latent grid of the target VAE", stage="noise",
+    description="HumANDiff articulated noise: carried by the body surface from latent frame to latent frame "
+                "(docs/NOISE.md); meta.stages.noise holds the seed and the latent layout.",
+))
+register(Field(
+    name="noise_flow", ext="noise_flow.npy.gz", codec="npy.gz", dtype="float32", shape=("T'-1", 2, "H/s", "W/s"),
+    units="latent cells (dx, dy)", frame="latent grid", stage="noise",
+    description="Where each latent cell of frame t+1 was in latent frame t, through the body surface.",
+))
+register(Field(
+    name="noise_visible", ext="noise_visible.npy.gz", codec="npy.gz", dtype="uint8", shape=("T'-1", "H/s", "W/s"),
+    units="1 where noise_flow is trusted", frame="latent grid", stage="noise",
+    description="Cells on the body, seen in both latent frames: where the motion losses apply.",
+))
+
 # Keys every meta.json holds; stages add their own records under meta["stages"][name].
 META_KEYS = (
     "key", "video_id", "clip_index", "split", "source", "source_sha256", "fps", "num_frames", "width", "height",
@@ -143,6 +194,16 @@ def encode_field(field: Field, value) -> bytes:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         return buffer.getvalue()
+    if field.codec == "npy.gz":
+        array = np.ascontiguousarray(value, dtype=np.dtype(field.dtype))
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        # mtime 0: the same array gives the same bytes (WebDataset's decoders unzip .gz members themselves).
+        return gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
+    if field.codec == "npz":
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"{field.name}: the stage must hand over encoded npz bytes")
+        return bytes(value)
     if field.codec == "png":
         import cv2
 
@@ -163,6 +224,11 @@ def decode_field(field: Field, data: bytes):
         return json.loads(data)
     if field.codec == "npy":
         return np.load(io.BytesIO(data), allow_pickle=False)
+    if field.codec == "npy.gz":
+        return np.load(io.BytesIO(gzip.decompress(data)), allow_pickle=False)
+    if field.codec == "npz":
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
     if field.codec == "png":
         import cv2
 
@@ -194,4 +260,9 @@ def field_for_member(ext: str) -> Field | None:
 
 def resolve_shape(field: Field, meta: dict) -> tuple[int, ...]:
     axes = {"T": meta["num_frames"], "H": meta["height"], "W": meta["width"], "W/8": -(-meta["width"] // 8)}
+    noise = meta.get("stages", {}).get("noise")
+    if noise:  # the latent layout of the noise stage
+        stride = noise["spatial_stride"]
+        axes.update({"T'": noise["latent_frames"], "T'-1": max(noise["latent_frames"] - 1, 0), "C": noise["channels"],
+                     "H/s": meta["height"] // stride, "W/s": meta["width"] // stride})
     return tuple(axes[a] if isinstance(a, str) else a for a in field.shape)

@@ -64,6 +64,13 @@ for _part, _what in (("lhand", "left hand"), ("rhand", "right hand")):
     register_qa(QAColumn(f"blur_{_part}_rate", pa.float32(), "blur",
                          f"share of frames with a {_what} sharpness score"))
 
+register_qa(QAColumn("fit_error_px", pa.float32(), "body", "mean reprojection error of the body fit, pixels"))
+register_qa(QAColumn("fit_bad_frame_share", pa.float32(), "body",
+                     "share of frames whose reprojection error is above body.bad_frame_px"))
+register_qa(QAColumn("body_pixel_share", pa.float32(), "render", "share of pixels on the rendered body"))
+register_qa(QAColumn("noise_visible_share", pa.float32(), "noise",
+                     "share of latent cells with a trusted surface correspondence"))
+
 
 def manifest_schema(stages: list[str]) -> pa.Schema:
     """Base columns, then the QA columns of the stages this build ran, in registry order."""

@@ -379,15 +379,18 @@ def articulated_noise(face_id: np.ndarray, barycentric: np.ndarray, layout: Late
 
 
 class ArticulatedNoise(Stage):
-    """HumANDiff's articulated noise at the latent grid of the target VAE, from the render stage's surface ids.
+    """HumANDiff's articulated noise at the latent grid of the target VAE, from the clip's body fit.
 
-    Config keys: preset ("wan", "svd" or "sd"; default "wan"), texel_level ("auto" or a subdivision level:
-    4^level texels per face; default "auto"). The seed is derived from (build seed, clip key, "noise").
+    It renders the surface ids and barycentrics of the latent frames itself (stages/render.py's FitRenderer):
+    those float maps are needed only here, and storing them would cost more than rendering a quarter of the
+    frames again. Config keys: preset ("wan", "svd" or "sd"), texel_level ("auto" or a subdivision level:
+    4^level texels per face), model_path and device (as the render stage's). The seed is derived from
+    (build seed, clip key, "noise").
     """
 
     name = "noise"
-    version = "1"
-    resources = Resources(cpus=1)
+    version = "2"
+    resources = Resources(cpus=1, stateful=True)  # keeps the body model loaded
 
     def __init__(self, config: dict[str, Any], build_seed: int = 0):
         super().__init__(config, build_seed)
@@ -398,19 +401,28 @@ class ArticulatedNoise(Stage):
         self.texel_level = config.get("texel_level", "auto")
         if self.texel_level != "auto" and not (isinstance(self.texel_level, int) and self.texel_level >= 0):
             raise ValueError(f"noise.texel_level must be 'auto' or an int >= 0, got {self.texel_level!r}")
+        from humanim.stages.render import FitRenderer
+
+        self._renderer = FitRenderer(config.get("model_path"), str(config.get("device", "cpu")))
 
     def __call__(self, clip: Clip) -> Annotations:
-        missing = [name for name in ("face_id", "barycentric") if name not in clip.fields]
-        if missing:
-            raise ValueError(f"the noise stage needs the render stage's fields {missing}: run render before it")
+        if "body" not in clip.fields:
+            raise ValueError("the noise stage lives on the body fit: put 'body' before 'noise' in `stages`")
+        from humanim.schemas.fields import FIELDS, decode_field
+
+        fit = decode_field(FIELDS["body"], clip.fields["body"])
+        height, width = clip.frames.shape[1:3]
+        latent_frames = self.layout.latent_frame_indices(len(clip.frames))
+        maps = self._renderer.render(fit, height, width, frames=latent_frames)
         seed = derive_seed(self.build_seed, clip.key, self.name)
-        result = articulated_noise(np.asarray(clip.fields["face_id"]), np.asarray(clip.fields["barycentric"]),
-                                   self.layout, seed, self.texel_level)
+        # The maps hold the latent frames only, so they are taken one by one (temporal stride 1).
+        per_frame = LatentLayout(self.layout.spatial_stride, 1, self.layout.channels)
+        result = articulated_noise(maps["face_id"], maps["barycentric"], per_frame, seed, self.texel_level)
         return Annotations(
-            fields={"noise": result.noise, "latent_flow": result.flow, "latent_visibility": result.visibility},
+            fields={"noise": result.noise, "noise_flow": result.flow, "noise_visible": result.visibility},
             meta={"seed": seed, "preset": self.preset, "spatial_stride": self.layout.spatial_stride,
                   "temporal_stride": self.layout.temporal_stride, "channels": self.layout.channels,
-                  "texel_level": self.texel_level, "levels": result.levels,
+                  "latent_frames": len(latent_frames), "texel_level": self.texel_level, "levels": result.levels,
                   "pixels_per_face": [round(p, 2) for p in result.pixels_per_face]},
             qa={"noise_visible_share": float(result.visibility.mean()) if result.visibility.size else 0.0},
         )

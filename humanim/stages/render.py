@@ -24,9 +24,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import warp as wp
+
+from humanim.schemas.fields import FIELDS, decode_field
+from humanim.stages.base import Annotations, Clip, Resources, Stage
 
 # Rays stop at this z-depth (metres); anything further is background.
 MAX_DEPTH = 1.0e4
@@ -170,3 +174,81 @@ def render_maps(vertices: np.ndarray, faces: np.ndarray, camera: PinholeCamera, 
     if face_part is None:
         del maps["part"]
     return maps
+
+
+# --------------------------------------------------------------------------------------------------- the stage
+
+def fit_camera(fit: dict) -> PinholeCamera:
+    return PinholeCamera(*(float(v) for v in np.asarray(fit["camera"]).reshape(4)))
+
+
+class FitRenderer:
+    """Renders a clip's body fit (the `body` field, decoded: model, shape, pose, global_orient, transl, camera;
+    stages/fit.py) with the body model it was fitted with, which it loads once."""
+
+    def __init__(self, model_path: str | None = None, device: str = "cpu"):
+        self.model_path, self.device = model_path, device
+        self._models: dict = {}
+
+    def model(self, kind: str):
+        if kind not in self._models:
+            from humanim.stages.body_models import load_body_model
+
+            self._models[kind] = load_body_model(kind, self.model_path, device=self.device)
+        return self._models[kind]
+
+    def vertices(self, fit: dict, frames: np.ndarray | None = None) -> np.ndarray:
+        """Camera-frame vertices [T, V, 3] of the fit's frames (all, or those indexed by `frames`)."""
+        import torch
+
+        model = self.model(str(fit["model"]))
+        chosen = slice(None) if frames is None else np.asarray(frames)
+        as_tensor = lambda name: torch.as_tensor(np.asarray(fit[name])[chosen], dtype=torch.float32,  # noqa: E731
+                                                 device=model.device)
+        shape = torch.as_tensor(np.asarray(fit["shape"]).reshape(1, -1), dtype=torch.float32, device=model.device)
+        with torch.no_grad():
+            out = model(shape, as_tensor("pose"), as_tensor("global_orient"), as_tensor("transl"))
+        return out.vertices.cpu().numpy()
+
+    def render(self, fit: dict, height: int, width: int, frames: np.ndarray | None = None,
+               threads: int = 1) -> dict[str, np.ndarray]:
+        model = self.model(str(fit["model"]))
+        device = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        return render_maps(self.vertices(fit, frames), model.faces, fit_camera(fit), height, width,
+                           face_part=model.face_part, device=device, threads=threads)
+
+
+def encode_maps(maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The renderer's maps as the registry stores them: depth in millimetres (uint16, 0 off the body), normals
+    as uint8 (round((n + 1) * 127.5), 0 off the body), part labels, the bit-packed silhouette, face ids."""
+    silhouette = maps["silhouette"]
+    depth_mm = np.where(silhouette, np.clip(np.rint(maps["depth"] * 1000), 1, 65535), 0).astype(np.uint16)
+    normal = np.where(silhouette[..., None], np.rint((maps["normal"] + 1) * 127.5), 0).astype(np.uint8)
+    return {"depth": depth_mm, "normal": normal, "part": maps["part"], "face_id": maps["face_id"],
+            "body_mask": np.packbits(silhouette, axis=-1)}
+
+
+class Render(Stage):
+    """Depth, normal, body-part, silhouette and surface-id maps of the fitted body at clip resolution.
+
+    Config keys: model_path (SMPL / SMPL-X file for those fits; the body section's), device (cpu | cuda),
+    threads (Warp CPU launches run on one core each; the pipeline gives a clip one core).
+    """
+
+    name = "render"
+    version = "1"
+    resources = Resources(cpus=1, gpus=0, stateful=True)  # keeps the body model loaded
+
+    def __init__(self, config: dict[str, Any], build_seed: int = 0):
+        super().__init__(config, build_seed)
+        self.threads = int(config["threads"])
+        self._renderer = FitRenderer(config["model_path"], str(config["device"]))
+
+    def __call__(self, clip: Clip) -> Annotations:
+        if "body" not in clip.fields:
+            raise ValueError("the render stage draws the body fit: put 'body' before 'render' in `stages`")
+        fit = decode_field(FIELDS["body"], clip.fields["body"])
+        height, width = clip.frames.shape[1:3]
+        maps = self._renderer.render(fit, height, width, threads=self.threads)
+        return Annotations(fields=encode_maps(maps), meta={"model": str(fit["model"]), "back_end": "warp"},
+                           qa={"body_pixel_share": float(maps["silhouette"].mean())})
