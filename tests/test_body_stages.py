@@ -75,6 +75,15 @@ def test_render_stage_stores_the_renderers_maps_in_registry_encodings(anny_fit):
     assert set(np.unique(result.fields["part"][body])) > {1, 16}  # pelvis, head (1 + SMPL part index)
     # The arms swing: the silhouette changes from frame to frame.
     assert (body[0] != body[-1]).mean() > 0.005
+    # inspect's contact sheet colours the body by part, and only the body.
+    from humanim.pipeline.contact_sheet import contact_sheet
+
+    sample = {"frames": np.full((FRAMES, HEIGHT, WIDTH, 3), 200, np.uint8), "meta": {"frame_times": [0.0] * FRAMES}}
+    plain = np.asarray(contact_sheet(sample, columns=FRAMES, tile_height=HEIGHT), np.int16)
+    coloured = np.asarray(contact_sheet({**sample, "part": result.fields["part"]}, columns=FRAMES,
+                                          tile_height=HEIGHT), np.int16)
+    changed = np.abs(coloured - plain).sum(axis=-1) > 30
+    assert changed.mean() == pytest.approx(body.mean() * HEIGHT / (HEIGHT + 18), abs=0.02)
 
 
 def test_noise_stage_renders_its_latent_frames_and_derives_its_seed(anny_fit):

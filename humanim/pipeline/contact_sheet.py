@@ -39,9 +39,27 @@ def _skeleton_overlay(image: np.ndarray, sample: dict, index: int) -> np.ndarray
     return out
 
 
+def part_colours() -> np.ndarray:
+    """RGB uint8 [25, 3] for the part map's labels: black off the body, then Champ's semantic colours
+    (matplotlib's viridis at label / 24 for the 24 SMPL regions)."""
+    from matplotlib import colormaps
+
+    colours = (colormaps["viridis"](np.arange(24) / 23)[:, :3] * 255).round().astype(np.uint8)
+    return np.concatenate([np.zeros((1, 3), np.uint8), colours])
+
+
+def _part_overlay(image: np.ndarray, sample: dict, index: int) -> np.ndarray:
+    labels = sample["part"][index]
+    body = labels > 0
+    out = image.astype(np.float32)
+    out[body] = 0.4 * out[body] + 0.6 * part_colours()[labels[body]]
+    return out.astype(np.uint8)
+
+
 # field name -> function(frame RGB uint8 [H,W,3], the decoded sample, frame index) -> frame RGB uint8,
 # drawn in this order
 OVERLAYS: dict[str, Callable[[np.ndarray, dict, int], np.ndarray]] = {
+    "part": _part_overlay,
     "masks": _masks_overlay,
     "kpts": _skeleton_overlay,
 }
@@ -105,7 +123,8 @@ def inspect_sample(out: Path, key: str, png: Path) -> Path:
         if isinstance(value, np.ndarray):
             table.add_row(name, str(value.dtype), str(tuple(value.shape)), str(sample["__sizes__"][name]))
         else:
-            table.add_row(name, "json", f"{len(value)} keys", str(sample["__sizes__"][name]))
+            kind = "npz" if name == "body" else "json"
+            table.add_row(name, kind, f"{len(value)} keys", str(sample["__sizes__"][name]))
     console = Console()
     console.print(table)
     meta = {k: v for k, v in sample["meta"].items() if k not in ("frame_times", "source_frame_times",
