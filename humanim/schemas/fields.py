@@ -144,8 +144,8 @@ register(Field(
 register(Field(
     name="part", ext="part.npy.gz", codec="npy.gz", dtype="uint8", shape=("T", "H", "W"),
     units="1 + index into body_models.SMPL_PARTS; 0 off the body", frame="clip pixels", stage="render",
-    description="Semantic body-part map: each pixel's SMPL region (Champ colours it with viridis of 10 x label, "
-                "docs/FORMAT.md).",
+    description="Semantic body-part map: each pixel's SMPL region; inspect colours label l with viridis at "
+                "(l - 1) / 23, as Champ colours its semantic maps.",
 ))
 register(Field(
     name="body_mask", ext="body_mask.npy", codec="npy", dtype="uint8", shape=("T", "H", "W/8"),
@@ -189,15 +189,11 @@ def encode_field(field: Field, value) -> bytes:
         return bytes(value)
     if field.codec == "json":
         return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-    if field.codec == "npy":
-        array = np.ascontiguousarray(value, dtype=np.dtype(field.dtype))
+    if field.codec in ("npy", "npy.gz"):
         buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        return buffer.getvalue()
-    if field.codec == "npy.gz":
-        array = np.ascontiguousarray(value, dtype=np.dtype(field.dtype))
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
+        np.save(buffer, np.ascontiguousarray(value, dtype=np.dtype(field.dtype)), allow_pickle=False)
+        if field.codec == "npy":
+            return buffer.getvalue()
         # mtime 0: the same array gives the same bytes (WebDataset's decoders unzip .gz members themselves).
         return gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
     if field.codec == "npz":
