@@ -1,6 +1,10 @@
 """Speed of articulated noise at 480x832 with the wan latent layout (s=8, k=4, C=16); prints a table.
 
-    PYTHONPATH=. python bench/noise.py [--clips 4] [--workers 1 2]
+    PYTHONPATH=. python bench/noise.py [--clips 4] [--workers 1 2] [--baseline OLD_NOISE.py [--rounds 3]]
+
+--baseline loads another version of humanim/stages/noise.py (e.g. `git show HEAD:humanim/stages/noise.py >
+/tmp/noise_head.py`) and measures it and the current one alternately in the same run, so both see the same
+load; it also says whether the two give bit-identical noise, flow and visibility.
 
 Geometry: the tests' MovingSphere, 13,824 faces (SMPL has 13,776), covering 40% of the frame, moving 3 px and
 spinning 0.02 rad per video frame; an 81-frame clip, so 21 latent frames. Each worker is one process with one
@@ -10,14 +14,17 @@ The load average is printed because this machine is shared: other jobs' load slo
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import os
 import platform
+import sys
 import time
 
 import numpy as np
 import torch
 
+import humanim.stages.noise as current
 from humanim.stages.noise import (
     PRESETS, CanonicalNoise, FrameSurface, articulated_noise, cell_index_map, draw_canonical, generator_for,
     latent_flow, latent_frame_noise,
@@ -92,28 +99,45 @@ def stage_breakdown(face_id: np.ndarray, barycentric: np.ndarray) -> dict[str, f
 
 
 CLIP: dict[str, np.ndarray] = {}  # set before the workers fork, so they share the maps instead of pickling them
+MODULES: dict[str, object] = {"current": current}  # and the --baseline module, loaded before the fork too
 
 
-def run_clips(seeds: list[int]) -> int:
+def run_clips(job: tuple[str, list[int]]) -> int:
     torch.set_num_threads(1)
-    return sum(articulated_noise(CLIP["face_id"], CLIP["barycentric"], LAYOUT, seed).noise.shape[0]
+    module, seeds = MODULES[job[0]], job[1]
+    return sum(module.articulated_noise(CLIP["face_id"], CLIP["barycentric"], LAYOUT, seed).noise.shape[0]
                for seed in seeds)
 
 
-def throughput(workers: int, clips_per_worker: int) -> float:
+def throughput(workers: int, clips_per_worker: int, module: str = "current") -> float:
     """Latent frames per second over `workers` processes, each running its own clips end to end."""
-    jobs = [list(range(w * clips_per_worker, (w + 1) * clips_per_worker)) for w in range(workers)]
+    jobs = [(module, list(range(w * clips_per_worker, (w + 1) * clips_per_worker))) for w in range(workers)]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        pool.map(run_clips, [[999]] * workers, chunksize=1)  # warm-up, outside the timed window
+        pool.map(run_clips, [(module, [999])] * workers, chunksize=1)  # warm-up, outside the timed window
         start = time.perf_counter()
         frames = sum(pool.map(run_clips, jobs, chunksize=1))
         return frames / (time.perf_counter() - start)
+
+
+def load_baseline(path: str) -> None:
+    spec = importlib.util.spec_from_file_location("noise_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["noise_baseline"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    MODULES["baseline"] = module
+    new = current.articulated_noise(CLIP["face_id"], CLIP["barycentric"], LAYOUT, 0)
+    old = module.articulated_noise(CLIP["face_id"], CLIP["barycentric"], LAYOUT, 0)
+    same = all(getattr(new, name).tobytes() == getattr(old, name).tobytes()
+               for name in ("noise", "flow", "visibility"))
+    print(f"baseline {path}: noise, flow and visibility {'bit-identical' if same else 'DIFFER'} for seed 0")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=4, help="clips per worker")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--baseline", help="another noise.py to measure alternately with the current one")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --baseline (best of each)")
     options = parser.parse_args()
     torch.set_num_threads(1)
     face_id, barycentric = render_clip()
@@ -129,9 +153,21 @@ def main() -> None:
     print("\nper latent frame, one process, one thread:")
     for name, milliseconds in stage_breakdown(face_id, barycentric).items():
         print(f"  {name:<38} {milliseconds:7.2f} ms")
-    print("\nworkers  latent frames/s (noise + flow, end to end)")
-    for workers in options.workers:
-        print(f"{workers:>7}  {throughput(workers, options.clips):15.1f}")
+    if options.baseline:
+        load_baseline(options.baseline)
+        print("\nworkers  latent frames/s (noise + flow, end to end), best of "
+              f"{options.rounds} alternated rounds:  baseline   current   ratio")
+        for workers in options.workers:
+            best = dict.fromkeys(("baseline", "current"), 0.0)
+            for _ in range(options.rounds):
+                for module in best:
+                    best[module] = max(best[module], throughput(workers, options.clips, module))
+            print(f"{workers:>7}  {'':43}{best['baseline']:9.1f} {best['current']:9.1f} "
+                  f"{best['current'] / best['baseline']:7.2f}")
+    else:
+        print("\nworkers  latent frames/s (noise + flow, end to end)")
+        for workers in options.workers:
+            print(f"{workers:>7}  {throughput(workers, options.clips):15.1f}")
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 

@@ -68,13 +68,22 @@ def texel_local_index(b1: np.ndarray, b2: np.ndarray, level: int) -> np.ndarray:
     n = 1 << level
     if n == 1:
         return np.zeros(np.shape(b1), np.int32)
-    u = np.asarray(b1, np.float32) * n
-    v = np.asarray(b2, np.float32) * n
+    u = np.asarray(b1, np.float32) * np.float32(n)
+    v = np.asarray(b2, np.float32) * np.float32(n)
     # truncation sends the renderer's tiny negative weights to 0; the minimums catch sums a rounding above 1
-    i = np.minimum(u.astype(np.int32), n - 1)
-    j = np.minimum(v.astype(np.int32), n - 1 - i)
-    k = np.minimum((u + v).astype(np.int32), n - 1)
-    return i * (2 * n - 1 - i) + j + k
+    i = u.astype(np.int32)
+    np.minimum(i, n - 1, out=i)
+    j = v.astype(np.int32)
+    np.add(u, v, out=u)
+    k = u.astype(np.int32)
+    np.minimum(k, n - 1, out=k)
+    index = np.subtract(n - 1, i, dtype=np.int32)  # n - 1 - i, then 2n - 1 - i: in place, fewer temporaries
+    np.minimum(j, index, out=j)
+    index += n
+    index *= i
+    index += j
+    index += k
+    return index
 
 
 @lru_cache(maxsize=None)
@@ -176,32 +185,44 @@ class FrameSurface:
     def from_render(cls, face_id: np.ndarray, barycentric: np.ndarray, cell_of_pixel: np.ndarray) -> FrameSurface:
         flat_face = face_id.reshape(-1)
         pixels = np.flatnonzero(flat_face >= 0)
-        weights = np.take(barycentric.reshape(-1, 3), pixels, axis=0)  # whole rows: twice as fast as two columns
-        return cls(pixels, cell_of_pixel[pixels], flat_face[pixels], weights[:, 1], weights[:, 2])
+        weights = barycentric.reshape(-1, 3)  # two column gathers: contiguous b1, b2, faster than whole rows
+        return cls(pixels, cell_of_pixel[pixels], flat_face[pixels], weights[:, 1][pixels], weights[:, 2][pixels])
 
     def assign_texels(self, level: int, face_row: np.ndarray, num_rows: int, num_cells: int) -> None:
         num_texels = num_rows * 4 ** level
         self.level = level
-        self.texels = face_row[self.faces] * np.int32(4 ** level) + texel_local_index(self.b1, self.b2, level)
-        self.texel_pixels = np.bincount(self.texels, minlength=num_texels)
-        key_type = np.int32 if num_cells * num_texels < 2 ** 31 else np.int64  # 32-bit keys sort twice as fast
-        keys = self.cells.astype(key_type) * key_type(num_texels) + self.texels
+        texels = texel_local_index(self.b1, self.b2, level)
+        texels += (face_row * np.int32(4 ** level))[self.faces]  # scale the small table, not every pixel
+        self.texels = texels
+        self.texel_pixels = np.bincount(texels, minlength=num_texels)
+        # key = cell << bits | texel: sorts as cell * texels + texel, and splits back with a shift and a mask
+        # instead of a division; 32-bit keys sort twice as fast
+        bits = max(num_texels - 1, 0).bit_length()
+        key_type = np.int32 if num_cells << bits <= 2 ** 31 else np.int64
+        keys = self.cells.astype(key_type)
+        keys <<= bits
+        keys |= texels
         keys.sort()
         new_run = np.empty(keys.size, bool)
         new_run[:1] = True
         np.not_equal(keys[1:], keys[:-1], out=new_run[1:])
         run_start = np.flatnonzero(new_run)
         self.pair_count = np.diff(run_start, append=keys.size)
-        self.pair_cell, self.pair_texel = np.divmod(keys[run_start], key_type(num_texels))
-        self.cell_pixels = np.bincount(self.pair_cell, weights=self.pair_count, minlength=num_cells)
+        # pair cells and texels as intp: bincount and fancy indexing convert anything else on every use
+        pair_keys = keys[run_start].astype(np.intp)
+        self.pair_texel = pair_keys & ((1 << bits) - 1)
+        pair_keys >>= bits
+        self.pair_cell = pair_keys
+        self.cell_pixels = np.bincount(pair_keys, weights=self.pair_count, minlength=num_cells)
 
 
 def weighted_row_sums(targets: np.ndarray, columns: np.ndarray, weights: np.ndarray, rows: np.ndarray,
                       num_targets: int) -> np.ndarray:
     """out[targets[i]] += weights[i] * rows[columns[i]] for sorted targets, as one sparse product: an order of
     magnitude faster than gathering the rows and scattering them."""
-    row_start = np.concatenate(([0], np.cumsum(np.bincount(targets, minlength=num_targets))))
-    matrix = torch.sparse_csr_tensor(torch.from_numpy(row_start), torch.from_numpy(columns.astype(np.int64)),
+    row_start = np.searchsorted(targets, np.arange(num_targets + 1))  # targets are sorted: no pass over them
+    columns = torch.from_numpy(columns.astype(np.int64, copy=False))
+    matrix = torch.sparse_csr_tensor(torch.from_numpy(row_start), columns,
                                      torch.from_numpy(weights.astype(np.float32)), size=(num_targets, len(rows)),
                                      check_invariants=False)
     return (matrix @ torch.from_numpy(rows)).numpy()
@@ -216,31 +237,61 @@ def split_texel_sums(cell: np.ndarray, texel: np.ndarray, count: np.ndarray, tex
     Householder reflection H = I - v v^T / (1 + u_K), v = u + e_K, maps u to -e_K, so its first K - 1 columns
     are an orthonormal basis of u's complement and W = D^1/2 H[:, :K-1] h with K - 1 normals h (docs/NOISE.md).
     """
-    order = np.argsort(texel, kind="stable")  # the pairs grouped by texel; the last of each group is its pivot
+    order = stable_argsort(texel)  # the pairs grouped by texel; the last of each group is its pivot
+    num_pairs = texel.size
     grouped = texel[order]
-    new_group = np.empty(grouped.size, bool)
+    new_group = np.empty(num_pairs, bool)
     new_group[:1] = True
     np.not_equal(grouped[1:], grouped[:-1], out=new_group[1:])
     start = np.flatnonzero(new_group)
-    size = np.diff(start, append=grouped.size)
-    u = np.sqrt(count[order] / texel_pixels[order])
+    size = np.diff(start, append=num_pairs)
+    u_pair = np.sqrt(count / texel_pixels)  # in cell order; elementwise, so the same values as in texel order
+    u = u_pair[order]
     pivot_u = u[start + size - 1]
-    h = torch.randn(grouped.size - start.size, channels, generator=generator).numpy()
+    h = torch.randn(num_pairs - start.size, channels, generator=generator).numpy()
     # Back in cell order: pair i of group g, at rank r in it, takes K - 1 entries, one per free column j < K.
-    position = np.empty(grouped.size, np.int64)
-    position[order] = np.arange(grouped.size)
-    group = (np.cumsum(new_group) - 1)[position]
-    rank = position - start[group]
-    k = size[group]
-    pair = np.repeat(np.arange(grouped.size), k - 1)
-    column = np.arange(pair.size) - np.repeat(np.cumsum(k - 1) - (k - 1), k - 1)
+    position = np.empty(num_pairs, np.intp)
+    position[order] = np.arange(num_pairs)
+    group_of_sorted = np.cumsum(new_group)
+    group_of_sorted -= 1
+    group = group_of_sorted[position]
+    group_start = start[group]
+    rank = position - group_start
+    if size.size and size.min() == size.max() == 2:  # every texel in two cells (common): one entry per pair
+        u_j = u[group_start]
+        pivot_row = rank == 1
+        householder = rank == 0
+        householder = householder - u_pair * u_j / (1.0 + pivot_u[group])
+        householder = np.where(pivot_row, -u_j, householder)
+        h_row = group_start - group
+        return weighted_row_sums(cell, h_row, np.sqrt(count) * householder, h, num_cells)
+    free = size[group] - 1
+    pair = np.repeat(np.arange(num_pairs), free)
+    column = np.arange(pair.size) - np.repeat(np.cumsum(free) - free, free)
     entry_group = group[pair]
-    u_i, u_j = u[position[pair]], u[start[entry_group] + column]
-    pivot_row = rank[pair] == k[pair] - 1
-    householder = np.where(pivot_row, -u_j, (rank[pair] == column) - u_i * u_j / (1.0 + pivot_u[entry_group]))
+    entry_start = group_start[pair]
+    entry_rank = rank[pair]
+    u_j = u[entry_start + column]
+    householder = entry_rank == column
+    householder = householder - u_pair[pair] * u_j / (1.0 + pivot_u[entry_group])
+    householder = np.where(entry_rank == free[pair], -u_j, householder)  # the pivot's row of H is -u_j
     # every earlier group has one pivot, so group g's free columns start at row start[g] - g of h
-    h_row = start[entry_group] - entry_group + column
+    h_row = entry_start - entry_group + column
     return weighted_row_sums(cell[pair], h_row, np.sqrt(count[pair]) * householder, h, num_cells)
+
+
+def stable_argsort(values: np.ndarray) -> np.ndarray:
+    """np.argsort(values, kind="stable") of non-negative integers, as one value sort of value << b | position
+    (b bits hold any position): equal values keep their order, and numpy sorts plain int64 values faster than
+    it argsorts (merge sort) wider than 16-bit keys."""
+    bits = values.size.bit_length()
+    if values.size == 0 or int(values.max()) >= 1 << (63 - bits):
+        return np.argsort(values, kind="stable")
+    keys = values.astype(np.int64) << bits
+    keys |= np.arange(values.size)
+    keys.sort()
+    keys &= (1 << bits) - 1
+    return keys
 
 
 def latent_frame_noise(surface: FrameSurface, canonical: CanonicalNoise, stride: int,
@@ -297,24 +348,41 @@ def latent_flow(source: FrameSurface, target: FrameSurface, num_rows: int, width
     num_texels = num_rows * 4 ** level
     source_texels = coarsen(source.texels, source.level, level)
     seen = source.texel_pixels if level == source.level else np.bincount(source_texels, minlength=num_texels)
-    y = source.pixels // width
-    sum_x = np.bincount(source_texels, weights=source.pixels - width * y, minlength=num_texels)
-    sum_y = np.bincount(source_texels, weights=y, minlength=num_texels)
     texel = coarsen(target.pair_texel, target.level, level)
+    # Both coordinate sums in one pass: texel sums of x + y 2^b are exact integers in float64 while they stay
+    # below 2^53, and split back exactly into the sums of x and y (the same values as two bincounts).
+    most = int(seen.max()) if seen.size else 0
+    shift = (most * width).bit_length()
+    if most * (width + (grid[0] * stride) << shift) < 1 << 53:
+        packed = packed_coordinates(grid[0] * stride, width, shift)[source.pixels]
+        sums = np.bincount(source_texels, weights=packed, minlength=num_texels)[texel]
+        texel_sum_y = np.floor(sums * (1.0 / (1 << shift)))
+        texel_sum_x = sums - texel_sum_y * (1 << shift)
+    else:
+        y = source.pixels // width
+        texel_sum_x = np.bincount(source_texels, weights=source.pixels - width * y, minlength=num_texels)[texel]
+        texel_sum_y = np.bincount(source_texels, weights=y, minlength=num_texels)[texel]
     seen_pixels = seen[texel]
     matched = np.where(seen_pixels > 0, target.pair_count, 0)
     share = matched / np.maximum(seen_pixels, 1)  # each target pixel takes its texel's mean source position
     matched_pixels = np.bincount(target.pair_cell, weights=matched, minlength=num_cells)
     per_cell = np.maximum(matched_pixels, 1)
     # + 0.5: pixel centres; / stride and - (cell + 0.5): pixels to latent cells with centres on integers
-    mean_x = (np.bincount(target.pair_cell, weights=share * sum_x[texel], minlength=num_cells) / per_cell + 0.5)
-    mean_y = (np.bincount(target.pair_cell, weights=share * sum_y[texel], minlength=num_cells) / per_cell + 0.5)
+    mean_x = (np.bincount(target.pair_cell, weights=share * texel_sum_x, minlength=num_cells) / per_cell + 0.5)
+    mean_y = (np.bincount(target.pair_cell, weights=share * texel_sum_y, minlength=num_cells) / per_cell + 0.5)
     cell_y, cell_x = np.divmod(np.arange(num_cells), grid[1])
     flow = np.stack([mean_x / stride - (cell_x + 0.5), mean_y / stride - (cell_y + 0.5)], axis=1)
     flow[matched_pixels == 0] = 0.0
     body_pixels = target.cell_pixels
     valid = (body_pixels >= MIN_BODY_SHARE * stride * stride) & (matched_pixels >= MIN_MATCHED_SHARE * body_pixels)
     return flow.astype(np.float32), valid
+
+
+@lru_cache(maxsize=8)
+def packed_coordinates(height: int, width: int, shift: int) -> np.ndarray:
+    """[H * W] x + y 2^shift of every pixel: one gather per frame instead of a division and two passes."""
+    pixel = np.arange(height * width, dtype=np.int64)
+    return pixel + pixel // width * ((1 << shift) - width)
 
 
 # ---------------------------------------------------------------- one clip
@@ -370,8 +438,9 @@ def articulated_noise(face_id: np.ndarray, barycentric: np.ndarray, layout: Late
     visibility = np.zeros((max(len(surfaces) - 1, 0), *grid), np.uint8)
     for t, (surface, level) in enumerate(zip(surfaces, levels)):
         surface.assign_texels(level, canonical.face_row, len(seen_faces), num_cells)
-        noise[t] = latent_frame_noise(surface, canonical, stride, generator_for(seed, t + 1)).T.reshape(
-            layout.channels, *grid)
+        frame_noise = latent_frame_noise(surface, canonical, stride, generator_for(seed, t + 1))
+        # [h * w, C] float32 -> [C, h, w] float16: torch's transposing cast is 3x numpy's, with the same rounding
+        torch.from_numpy(noise[t]).copy_(torch.from_numpy(frame_noise).t().reshape(layout.channels, *grid))
         if t:  # while the previous frame is still in cache
             cell_flow, valid = latent_flow(surfaces[t - 1], surface, len(seen_faces), width, grid, stride)
             flow[t - 1], visibility[t - 1] = cell_flow.T.reshape(2, *grid), valid.reshape(grid)
