@@ -74,6 +74,45 @@ def demo(out: Path) -> None:
     run_demo(out, CONFIGS / "offline.yaml")
 
 
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--frames", type=click.IntRange(min=1), default=48, show_default=True, help="Frames per shot.")
+@click.option("--fps", type=float, default=24.0, show_default=True)
+@click.option("--size", default="512x512", show_default=True, help="WIDTHxHEIGHT, both even.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--shots", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Shots with hard cuts between them, each with its own person, motion and room.")
+@click.option("--name", default="synth", show_default=True, help="File stem of the video and its ground truth.")
+def synth(out: Path, frames: int, fps: float, size: str, seed: int, shots: int, name: str) -> None:
+    """Render a synthetic person (Anny) into OUT/NAME.mp4, with its exact ground truth in OUT/NAME.gt.npz."""
+    from humanim.synth.command import make_synthetic_video
+
+    try:
+        width, height = (int(side) for side in size.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT, got {size!r}", param_hint="--size") from None
+    if width % 2 or height % 2 or min(width, height) < 16:
+        raise click.BadParameter(f"width and height must be even and at least 16, got {size}", param_hint="--size")
+    video, truth, _ = make_synthetic_video(out, name, frames, fps, height, width, seed, shots)
+    click.echo(f"{video}\n{truth}")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Training config (YAML); configs/train_tiny.yaml is an example, docs/TRAINING.md lists every key.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the config's output_dir.")
+@click.option("--output-dir", default=None, help="Overrides output_dir.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Overrides max_steps.")
+def train(config_path: str, resume: bool, output_dir: str | None, max_steps: int | None) -> None:
+    """Train a denoiser on shards streamed from local paths or URLs (one process, torchrun, or Ray Train)."""
+    from humanim.training import config as training_config
+    from humanim.training.train import train as run_training
+
+    overrides = {k: v for k, v in (("output_dir", output_dir), ("max_steps", max_steps)) if v is not None}
+    result = run_training(training_config.load(config_path, overrides), resume=resume)
+    click.echo(f"trained to step {result['step']}")
+
+
 from humanim.pipeline.models_cli import models  # noqa: E402 - attached after the group exists
 
 main.add_command(models)
