@@ -2,8 +2,6 @@
 the body stage writes it): maps in the registry's encodings, noise at the latent grid, seeds derived per clip."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ import torch
 from humanim.schemas.fields import FIELDS, decode_field, encode_field, resolve_shape
 from humanim.schemas.keys import derive_seed
 from humanim.stages.base import Clip, ClipSpec
+from humanim.stages.fit import BodyFit
 from humanim.stages.noise import ArticulatedNoise
 from humanim.stages.render import PinholeCamera, Render, encode_maps, render_maps
 
@@ -25,7 +24,7 @@ def spec(key: str = "0123456789abcdef_00003") -> ClipSpec:
 
 
 @pytest.fixture(scope="module")
-def anny_fit() -> tuple[dict, bytes]:
+def anny_fit() -> tuple[BodyFit, bytes]:
     """Anny turned to face the camera (180 degrees about x: y up becomes y down), 2.2 m away, its arms
     swinging: the arrays the body stage stores, and their npz bytes."""
     from humanim.stages.body_models import load_body_model
@@ -35,13 +34,12 @@ def anny_fit() -> tuple[dict, bytes]:
     for name in ("upperarm01.L", "upperarm01.R"):
         if name in model.pose_joints:
             pose[:, model.pose_joints.index(name), 2] = np.linspace(-0.6, 0.6, FRAMES)
-    fit = {"model": np.array("anny"), "shape": np.full(len(model.shape_names), 0.5, np.float32), "pose": pose,
-           "global_orient": np.tile(np.array([np.pi, 0, 0], np.float32), (FRAMES, 1)),
-           "transl": np.tile(np.array([0, 0, 2.2], np.float32), (FRAMES, 1)),
-           "camera": np.array([110, 110, (WIDTH - 1) / 2, (HEIGHT - 1) / 2], np.float32)}
-    buffer = io.BytesIO()
-    np.savez(buffer, **fit)
-    return fit, buffer.getvalue()
+    fit = BodyFit(model="anny", shape=np.full(len(model.shape_names), 0.5, np.float32), pose=pose,
+                  global_orient=np.tile(np.array([np.pi, 0, 0], np.float32), (FRAMES, 1)),
+                  transl=np.tile(np.array([0, 0, 2.2], np.float32), (FRAMES, 1)),
+                  camera=np.array([110, 110, (WIDTH - 1) / 2, (HEIGHT - 1) / 2], np.float32),
+                  focal_source="given", error_px=np.zeros(FRAMES, np.float32), iterations=0)
+    return fit, fit.to_npz_bytes()
 
 
 def clip_with(fit_bytes: bytes, key: str = "0123456789abcdef_00003") -> Clip:
@@ -56,8 +54,8 @@ def test_render_stage_stores_the_renderers_maps_in_registry_encodings(anny_fit):
 
     model = load_body_model("anny")
     with torch.no_grad():
-        vertices = model(torch.as_tensor(fit["shape"])[None], torch.as_tensor(fit["pose"]),
-                         torch.as_tensor(fit["global_orient"]), torch.as_tensor(fit["transl"])).vertices.numpy()
+        vertices = model(torch.as_tensor(fit.shape)[None], torch.as_tensor(fit.pose),
+                         torch.as_tensor(fit.global_orient), torch.as_tensor(fit.transl)).vertices.numpy()
     maps = render_maps(vertices, model.faces, PinholeCamera(110, 110, 63.5, 63.5), HEIGHT, WIDTH,
                        face_part=model.face_part)
     expected = encode_maps(maps)

@@ -26,6 +26,7 @@ from humanim.pipeline.workdir import WorkDir, atomic_write, dump_json, source_id
 from humanim.schemas.tables import FAILURES, manifest_schema
 from humanim.stages.base import Clip, ClipSpec, Stage
 from humanim.stages.blur import HandBlur
+from humanim.stages.body import Body
 from humanim.stages.decode import Decode
 from humanim.stages.subject_crop import SubjectCropDecode
 from humanim.stages.face import Face
@@ -44,6 +45,7 @@ STAGE_CLASSES: dict[str, type[Stage] | dict[str, type[Stage]]] = {
     "face": Face,  # picks its back-end itself
     "masks": Masks,
     "blur": HandBlur,
+    "body": Body,
     "render": Render,
     "noise": ArticulatedNoise,
 }

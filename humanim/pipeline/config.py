@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "body": {
         "model": "anny",  # anny (ships in its wheel) | smpl | smplx (model files under their licence)
         "model_path": None,  # smpl / smplx: the model file, or a folder holding it
-        "iterations": 150,
+        "iterations": 30,  # Adam iterations after the Gauss-Newton steps (docs/BENCHMARKS.md, body fitting)
         "score_threshold": 0.3,
         "focal": None,  # pixels; null: from the frame size (recorded as such)
         "max_error_px": 25.0,  # a clip whose mean reprojection error is above this is a bad fit

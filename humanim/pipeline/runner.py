@@ -41,5 +41,7 @@ class StageRunner:
             clip.fields.update(annotations.fields)
             clip.qa.update(annotations.qa)
             clip.meta.setdefault("stages", {})[name] = {"version": self.stage.version, **annotations.meta}
+            # A stage keeps a doubtful clip by flagging it: the manifest's status and flags columns say why.
+            clip.meta.setdefault("flags", []).extend(annotations.meta.get("flags", []))
         clip.seconds[name] = time.perf_counter() - started
         return row

@@ -477,9 +477,9 @@ class ArticulatedNoise(Stage):
     def __call__(self, clip: Clip) -> Annotations:
         if "body" not in clip.fields:
             raise ValueError("the noise stage lives on the body fit: put 'body' before 'noise' in `stages`")
-        from humanim.schemas.fields import FIELDS, decode_field
+        from humanim.stages.fit import BodyFit
 
-        fit = decode_field(FIELDS["body"], clip.fields["body"])
+        fit = BodyFit.from_npz_bytes(clip.fields["body"])
         height, width = clip.frames.shape[1:3]
         latent_frames = self.layout.latent_frame_indices(len(clip.frames))
         maps = self._renderer.render(fit, height, width, frames=latent_frames)

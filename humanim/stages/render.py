@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import warp as wp
 
-from humanim.schemas.fields import FIELDS, decode_field
 from humanim.stages.base import Annotations, Clip, Resources, Stage
 
 # Rays stop at this z-depth (metres); anything further is background.
@@ -178,13 +177,9 @@ def render_maps(vertices: np.ndarray, faces: np.ndarray, camera: PinholeCamera, 
 
 # --------------------------------------------------------------------------------------------------- the stage
 
-def fit_camera(fit: dict) -> PinholeCamera:
-    return PinholeCamera(*(float(v) for v in np.asarray(fit["camera"]).reshape(4)))
-
-
 class FitRenderer:
-    """Renders a clip's body fit (the `body` field, decoded: model, shape, pose, global_orient, transl, camera;
-    stages/fit.py) with the body model it was fitted with, which it loads once."""
+    """Renders a clip's body fit (stages/fit.py's BodyFit, the `body` field) with the body model it was fitted
+    with, which it loads once."""
 
     def __init__(self, model_path: str | None = None, device: str = "cpu"):
         self.model_path, self.device = model_path, device
@@ -197,24 +192,14 @@ class FitRenderer:
             self._models[kind] = load_body_model(kind, self.model_path, device=self.device)
         return self._models[kind]
 
-    def vertices(self, fit: dict, frames: np.ndarray | None = None) -> np.ndarray:
-        """Camera-frame vertices [T, V, 3] of the fit's frames (all, or those indexed by `frames`)."""
-        import torch
-
-        model = self.model(str(fit["model"]))
-        chosen = slice(None) if frames is None else np.asarray(frames)
-        as_tensor = lambda name: torch.as_tensor(np.asarray(fit[name])[chosen], dtype=torch.float32,  # noqa: E731
-                                                 device=model.device)
-        shape = torch.as_tensor(np.asarray(fit["shape"]).reshape(1, -1), dtype=torch.float32, device=model.device)
-        with torch.no_grad():
-            out = model(shape, as_tensor("pose"), as_tensor("global_orient"), as_tensor("transl"))
-        return out.vertices.cpu().numpy()
-
-    def render(self, fit: dict, height: int, width: int, frames: np.ndarray | None = None,
+    def render(self, fit, height: int, width: int, frames: np.ndarray | None = None,
                threads: int = 1) -> dict[str, np.ndarray]:
-        model = self.model(str(fit["model"]))
+        """Maps of the fit's frames (all, or those indexed by `frames`)."""
+        from humanim.stages.body import posed_vertices
+
+        model = self.model(fit.model)
         device = "cuda" if str(self.device).startswith("cuda") else "cpu"
-        return render_maps(self.vertices(fit, frames), model.faces, fit_camera(fit), height, width,
+        return render_maps(posed_vertices(model, fit, frames), model.faces, fit.pinhole, height, width,
                            face_part=model.face_part, device=device, threads=threads)
 
 
@@ -247,8 +232,10 @@ class Render(Stage):
     def __call__(self, clip: Clip) -> Annotations:
         if "body" not in clip.fields:
             raise ValueError("the render stage draws the body fit: put 'body' before 'render' in `stages`")
-        fit = decode_field(FIELDS["body"], clip.fields["body"])
+        from humanim.stages.fit import BodyFit
+
+        fit = BodyFit.from_npz_bytes(clip.fields["body"])
         height, width = clip.frames.shape[1:3]
         maps = self._renderer.render(fit, height, width, threads=self.threads)
-        return Annotations(fields=encode_maps(maps), meta={"model": str(fit["model"]), "back_end": "warp"},
+        return Annotations(fields=encode_maps(maps), meta={"model": fit.model, "back_end": "warp"},
                            qa={"body_pixel_share": float(maps["silhouette"].mean())})
