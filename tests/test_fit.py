@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from humanim.stages.base import Clip, ClipRejected, ClipSpec
-from humanim.stages.body import Body, annotate_fit, posed_vertices
+from humanim.stages.body import Body, annotate_fit, one_torch_thread, posed_vertices
 from humanim.stages.body_models import axis_angle_to_matrix, load_body_model
 from humanim.stages.fit import BodyFit, FitFailed, FitSettings, fit_clip, frame_size_camera
 from humanim.synth.motion import random_motion, project
@@ -24,10 +24,8 @@ INIT_ONLY = FitSettings(iterations=0, gauss_newton_steps=0)
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """As the body stage runs fits: torch's thread per core only adds contention for tensors this small."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
