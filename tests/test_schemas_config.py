@@ -17,6 +17,10 @@ from humanim.schemas.keys import clip_key, derive_seed, parse_clip_key
 def test_format_doc_is_generated_from_the_registry():
     assert (REPO / "docs" / "FORMAT.md").read_text() == render_format_doc(), \
         "docs/FORMAT.md is stale: run `humanim schema > docs/FORMAT.md`"
+    from humanim.schemas.fields import FIELDS
+    from humanim.schemas.format_doc import MEASURED_BYTES
+
+    assert set(MEASURED_BYTES) == set(FIELDS), "measure the bytes per clip of every registered field"
 
 
 def test_clip_keys_have_no_dots_and_round_trip():

@@ -278,5 +278,5 @@ def test_fields_decode_through_the_registry_without_pickle(training_shards):
     raw = raw_samples(training_shards)[0]
     sample = decode_sample(raw, SAMPLE_FIELDS)
     assert sample["masks"].shape[1:] == (3, 128, 128)
-    np.testing.assert_array_equal(sample["masks"], unpack_masks(decode_field(FIELDS["masks"], raw["masks.npy"]), 128))
+    np.testing.assert_array_equal(sample["masks"], unpack_masks(decode_field(FIELDS["masks"], raw["masks.npy.gz"]), 128))
     assert sample["frames"].shape == (8, 128, 128, 3)

@@ -64,7 +64,7 @@ register(Field(
                 "for back-ends without a detector); NaN rows where the subject is lost.",
 ))
 register(Field(
-    name="masks", ext="masks.npy", codec="npy", dtype="uint8", shape=("T", 3, "H", "W/8"),
+    name="masks", ext="masks.npy.gz", codec="npy.gz", dtype="uint8", shape=("T", 3, "H", "W/8"),
     units="bits: np.packbits along W, big-endian", frame="clip pixels", stage="masks",
     description="Face, left-hand, right-hand masks (channels in that order), bit-packed; "
                 "humanim.stages.masks.unpack_masks(masks, W) gives uint8 0/1 [T, 3, H, W].",
@@ -148,7 +148,7 @@ register(Field(
                 "(l - 1) / 23, as Champ colours its semantic maps.",
 ))
 register(Field(
-    name="body_mask", ext="body_mask.npy", codec="npy", dtype="uint8", shape=("T", "H", "W/8"),
+    name="body_mask", ext="body_mask.npy.gz", codec="npy.gz", dtype="uint8", shape=("T", "H", "W/8"),
     units="bits: np.packbits along W, big-endian", frame="clip pixels", stage="render",
     description="Silhouette of the fitted body (the masks stage's body mask), bit-packed along W as masks are.",
 ))
