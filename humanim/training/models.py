@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,6 +168,10 @@ def _load_diffusers(spec: dict[str, Any], role: str):
     cls = getattr(diffusers, spec["class"], None)
     if cls is None:
         raise ValueError(f"diffusers {diffusers.__version__} has no class {spec['class']!r}")
+    folder = Path(spec["path"]).expanduser() / (spec.get("subfolder") or "")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model.{role}.path: no diffusers model at {folder} (a folder written by "
+                                f"save_pretrained, holding config.json and the weights, is needed)")
     # local_files_only: weights come from the path the user gives, never from a hub.
     return cls.from_pretrained(spec["path"], subfolder=spec.get("subfolder"), local_files_only=True)
 
@@ -181,19 +186,38 @@ class DiffusersDenoiser(nn.Module):
     to the latents along channels, resized to the latent grid (the model's in_channels must allow for it).
     """
 
-    def __init__(self, model: nn.Module, layout: str):
+    def __init__(self, model: nn.Module, layout: str, inputs: dict[str, Any] | None = None,
+                 conditions: list[str] | None = None):
         super().__init__()
         if layout not in ("BCTHW", "BTCHW", "frames"):
             raise ValueError(f"layout must be BCTHW, BTCHW or frames, got {layout!r}")
         self.model, self.layout = model, layout
-        self.arguments = set(inspect.signature(model.forward).parameters)
+        parameters = inspect.signature(model.forward).parameters
+        self.arguments = set(parameters)
+        # Fixed model inputs from the config (per sample, repeated over the batch): a nested list of numbers,
+        # or {zeros: shape} (e.g. an unconditional encoder_hidden_states).
+        self.inputs = {name: torch.zeros(value["zeros"]) if isinstance(value, dict) else torch.tensor(value)
+                       for name, value in (inputs or {}).items()}
+        unknown = sorted(set(self.inputs) - self.arguments)
+        if unknown:
+            raise ValueError(f"model.denoiser.inputs {unknown} are not arguments of {type(model).__name__}.forward")
+        given = set(self.inputs) | set(conditions or []) | {"sample", "timestep", "self"}
+        required = [name for name, p in list(parameters.items())[2:]
+                    if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                    and name not in given]
+        if required:
+            raise ValueError(f"{type(model).__name__}.forward needs {required}, which no condition gives: set them "
+                             f"in model.denoiser.inputs (e.g. encoder_hidden_states: {{zeros: [1, 1024]}}, "
+                             f"added_time_ids: [6, 127, 0.02])")
 
     def enable_gradient_checkpointing(self) -> None:
         self.model.enable_gradient_checkpointing()
 
     def forward(self, x: Tensor, model_time: Tensor, conditions: dict[str, Tensor]) -> Tensor:
         batch, _, frames, height, width = x.shape
-        keyword = {name: value for name, value in conditions.items() if name in self.arguments}
+        keyword = {name: value.to(x.device, x.dtype)[None].expand(batch, *value.shape)
+                   for name, value in self.inputs.items()}
+        keyword.update({name: value for name, value in conditions.items() if name in self.arguments})
         maps = [F.interpolate(value.to(x.dtype), size=(frames, height, width), mode="area") if value.ndim == 5
                 else F.interpolate(value.to(x.dtype), size=(height, width), mode="area")[:, :, None].expand(
                     -1, -1, frames, -1, -1)
@@ -217,22 +241,46 @@ class DiffusersVAE(nn.Module):
     def __init__(self, vae: nn.Module, video: bool):
         super().__init__()
         self.vae, self.video = vae, video
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        config = vae.config
+        self.scaling_factor = float(getattr(config, "scaling_factor", 1.0) or 1.0)
+        self.latent_channels = int(getattr(config, "latent_channels", None) or getattr(config, "z_dim"))
+        if getattr(config, "scale_factor_spatial", None):  # Wan
+            self.spatial_stride = int(config.scale_factor_spatial)
+            self.temporal_stride = int(config.scale_factor_temporal) if video else 1
+        else:
+            self.spatial_stride = 2 ** (len(config.block_out_channels) - 1)
+            self.temporal_stride = int(getattr(config, "temporal_compression_ratio", 1) or 1) if video else 1
+        # Wan normalises latents per channel (latents_mean / latents_std) instead of by one scaling factor.
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        shape = (1, -1, 1, 1, 1)
+        self.register_buffer("latents_mean", torch.tensor(mean).view(shape) if mean and std else torch.zeros(1),
+                             persistent=False)
+        self.register_buffer("latents_std", torch.tensor(std).view(shape) if mean and std else torch.ones(1),
+                             persistent=False)
+        self.decode_takes_frames = "num_frames" in inspect.signature(vae.decode).parameters
+
+    def _normalise(self, latents: Tensor) -> Tensor:
+        return (latents - self.latents_mean) / self.latents_std * self.scaling_factor
+
+    def _denormalise(self, latents: Tensor) -> Tensor:
+        return latents / self.scaling_factor * self.latents_std + self.latents_mean
 
     def encode(self, frames: Tensor) -> Tensor:
         if self.video:
-            return self.vae.encode(frames).latent_dist.sample() * self.scaling_factor
+            return self._normalise(self.vae.encode(frames).latent_dist.sample())
         batch, _, count = frames.shape[:3]
         flat = frames.permute(0, 2, 1, 3, 4).flatten(0, 1)
-        latents = self.vae.encode(flat).latent_dist.sample() * self.scaling_factor
-        return latents.reshape(batch, count, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
+        latents = self.vae.encode(flat).latent_dist.sample()
+        return self._normalise(latents.reshape(batch, count, *latents.shape[1:]).permute(0, 2, 1, 3, 4))
 
     def decode(self, latents: Tensor) -> Tensor:
+        latents = self._denormalise(latents)
         if self.video:
-            return self.vae.decode(latents / self.scaling_factor).sample
+            return self.vae.decode(latents).sample
         batch, _, count = latents.shape[:3]
-        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.scaling_factor
-        frames = self.vae.decode(flat).sample
+        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1)
+        # AutoencoderKLTemporalDecoder (SVD) decodes with attention over the clip's frames.
+        frames = (self.vae.decode(flat, num_frames=count) if self.decode_takes_frames else self.vae.decode(flat)).sample
         return frames.reshape(batch, count, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
@@ -261,7 +309,8 @@ def build_denoiser(spec: dict[str, Any], vae: nn.Module, conditions: list[str], 
         if motion_channels:
             raise ValueError("the motion objective needs a denoiser with an extra motion head; the diffusers "
                              "adapter passes the model's output through unchanged")
-        return DiffusersDenoiser(_load_diffusers(spec, "denoiser"), spec.get("layout", "BCTHW"))
+        return DiffusersDenoiser(_load_diffusers(spec, "denoiser"), spec.get("layout", "BCTHW"), spec.get("inputs"),
+                                 list(condition_channels(conditions)))
     raise ValueError(f"model.denoiser.kind must be tiny or diffusers, got {kind!r}")
 
 
