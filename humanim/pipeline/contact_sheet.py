@@ -6,6 +6,7 @@ the sheet draws every overlay whose field the sample has.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,7 @@ def _skeleton_overlay(image: np.ndarray, sample: dict, index: int) -> np.ndarray
     return out
 
 
+@lru_cache(maxsize=1)
 def part_colours() -> np.ndarray:
     """RGB uint8 [25, 3] for the part map's labels: black off the body, then Champ's semantic colours
     (matplotlib's viridis at label / 24 for the 24 SMPL regions)."""

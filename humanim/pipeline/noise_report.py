@@ -18,7 +18,7 @@ from scipy import stats
 
 def noise_picture(sample: dict, path: Path, channel: int = 0) -> Path:
     noise, meta = sample["noise"].astype(np.float32), sample["meta"]
-    stride, temporal = meta["stages"]["noise"]["spatial_stride"], meta["stages"]["noise"]["temporal_stride"]
+    temporal = meta["stages"]["noise"]["temporal_stride"]
     height, width = meta["height"], meta["width"]
     body = np.unpackbits(sample["body_mask"], axis=-1, count=width).astype(np.uint8)
     tiles = []

@@ -182,12 +182,9 @@ class Face(Stage):
         if config["backend"] not in BACKENDS:
             raise ValueError(f"unknown face.backend {config['backend']!r}; back-ends: {', '.join(BACKENDS)}")
         if config["backend"] == "mediapipe":
-            try:
-                import mediapipe  # noqa: F401
-            except ImportError as error:
-                raise ImportError("the mediapipe face back-end needs MediaPipe 0.10.14: run `make install`, or "
-                                  "pip install --no-deps mediapipe==0.10.14 absl-py attrs flatbuffers matplotlib "
-                                  "'protobuf<5'") from error
+            from humanim.stages.pose_mediapipe import require_mediapipe
+
+            require_mediapipe("the mediapipe face back-end")
         elif config["backend"] != "yunet":
             try:
                 import onnxruntime  # noqa: F401

@@ -34,6 +34,17 @@ FACE468_TO_FACE68 = (
 )
 
 
+def require_mediapipe(user: str) -> None:
+    """A clear error, with the install command, where MediaPipe 0.10.14 is missing: the last release whose legacy
+    solutions ship their weights in the wheel (Holistic, BlazeFace)."""
+    try:
+        import mediapipe  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"{user} needs MediaPipe 0.10.14 (the last release whose weights ship in the wheel): "
+                          "run `make install`, or pip install --no-deps mediapipe==0.10.14 absl-py attrs "
+                          "flatbuffers matplotlib 'protobuf<5'") from error
+
+
 def _to_pixels(normalised_xy: np.ndarray, width: int, height: int) -> np.ndarray:
     # MediaPipe's normalised coordinates run from the image's left edge (0) to its right edge (1); the
     # pixel-centre convention of schemas.keypoints puts the left edge at -0.5.
@@ -120,13 +131,7 @@ class MediaPipePose(Stage):
 
     @classmethod
     def check_environment(cls, config: dict[str, Any]) -> None:
-        try:
-            import mediapipe  # noqa: F401
-        except ImportError as error:
-            raise ImportError("the mediapipe pose back-end needs MediaPipe 0.10.14 (the last release whose "
-                              "Holistic weights ship in the wheel): run `make install`, or "
-                              "pip install --no-deps mediapipe==0.10.14 absl-py attrs flatbuffers matplotlib "
-                              "'protobuf<5'") from error
+        require_mediapipe("the mediapipe pose back-end")
 
     def __call__(self, clip: Clip) -> Annotations:
         frames = clip.frames
