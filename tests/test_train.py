@@ -1,5 +1,6 @@
 """The trainer on CPU with the tiny denoiser and VAE, on shards built from real videos: it overfits a few clips
-with each objective, resumes exactly, freezes what it is told, and runs under Ray Train with DDP."""
+with each objective, resumes exactly, freezes what it is told, drops conditions for classifier-free guidance,
+conditions on identity, and runs under Ray Train with DDP."""
 from __future__ import annotations
 
 import csv
@@ -12,13 +13,15 @@ import pytest
 import torch
 import yaml
 from conftest import subprocess_env
+from torch import nn
 from training_fixtures import (  # noqa: F401 - the session fixture
-    CLIPS, tiny_arcface_standin_file, tiny_config, training_shards, with_synthetic_fields)
+    CLIPS, tiny_arcface_standin_file, tiny_config, training_shards, with_identity_condition, with_synthetic_fields)
 
 from humanim.training import objectives as obj
 from humanim.training.config import to_dict
 from humanim.training.data import DataStream, MissingFieldError, StreamSpec, requested_fields, shard_urls
-from humanim.training.train import Trainer, load_checkpoint, objective_fields, run
+from humanim.training.models import DiffusersDenoiser, TinyDenoiser, condition_channels
+from humanim.training.train import Trainer, drop_conditions, load_checkpoint, objective_fields, run
 
 
 def shard_files(shards: Path, count: int) -> list[str]:
@@ -165,6 +168,124 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_bf16_trains(trainin
     bf16 = Trainer(tiny_config(tmp_path, shard_files(training_shards, 2), precision="bf16"))
     metrics = bf16.train_step(itertools.repeat(batch))
     assert torch.isfinite(torch.tensor(metrics["total"]))
+
+
+def random_conditions(batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Nowhere-zero conditions of every rank, as the loader gives pose, reference and identity: maps per frame,
+    images, a vector."""
+    return {"pose": torch.rand(batch_size, 3, 2, 16, 16, generator=generator) + 0.1,
+            "reference": torch.rand(batch_size, 3, 16, 16, generator=generator) + 0.1,
+            "reference_pose": torch.rand(batch_size, 3, 16, 16, generator=generator) + 0.1,
+            "identity": torch.rand(batch_size, 512, generator=generator) + 0.1}
+
+
+def test_drop_conditions_zeroes_every_condition_of_the_dropped_samples():
+    conditions = random_conditions(4, torch.Generator().manual_seed(0))
+    keep = torch.tensor([True, False, True, False])
+    dropped = drop_conditions(conditions, keep)
+    for name, value in conditions.items():
+        assert dropped[name].shape == value.shape and dropped[name].dtype == value.dtype
+        assert torch.equal(dropped[name][keep], value[keep]), name
+        assert not dropped[name][~keep].any(), name
+    unconditional = drop_conditions(conditions, torch.zeros(4, dtype=torch.bool))  # what guidance asks for
+    assert all(not value.any() for value in unconditional.values())
+    with pytest.raises(ValueError, match="keep has shape"):
+        drop_conditions(conditions, torch.ones(3, dtype=torch.bool))
+
+
+class Spy(nn.Module):
+    """The model, recording what loss_terms gives it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.calls = model, []
+
+    def forward(self, x, model_time, conditions):
+        self.calls.append((x, model_time, conditions))
+        return self.model(x, model_time, conditions)
+
+
+def synthetic_batch(batch_size: int) -> dict:
+    """Frames [B, 3, 2, 16, 16] and nowhere-zero conditions, float16 as the loader batches them."""
+    generator = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 256, (batch_size, 3, 2, 16, 16), generator=generator, dtype=torch.uint8)
+    conditions = random_conditions(batch_size, generator)
+    return {"frames": frames, "conditions": {name: value.half() for name, value in conditions.items()}}
+
+
+def test_condition_dropout_zeroes_all_conditions_of_some_samples_in_a_step(tmp_path):
+    batch = synthetic_batch(8)
+    calls = {}
+    for dropout in (0.0, 0.5):
+        config = tiny_config(tmp_path, [], data={"conditions": ["pose", "reference", "identity"]},
+                             objectives={"condition_dropout": dropout})
+        trainer = Trainer(config)
+        spy = Spy(trainer.model)
+        trainer.loss_terms(batch, torch.Generator().manual_seed(0), spy)
+        calls[dropout] = spy.calls[0]
+    (x, time, kept), (x_dropped, time_dropped, dropped) = calls[0.0], calls[0.5]
+    # Dropout 0 hands the batch's conditions over untouched; dropout changes nothing but the conditions.
+    assert all(torch.equal(kept[name], batch["conditions"][name].float()) for name in kept)
+    assert torch.equal(x, x_dropped) and torch.equal(time, time_dropped)
+    zeroed = torch.stack([~dropped[name].flatten(1).any(dim=1) for name in dropped])  # [conditions, B]
+    assert (zeroed.all(dim=0) | ~zeroed.any(dim=0)).all(), "a sample's conditions are dropped together"
+    assert 0 < int(zeroed[0].sum()) < 8, zeroed  # this seed drops some samples of the 8, not all
+    for name in dropped:
+        assert torch.equal(dropped[name][~zeroed[0]], kept[name][~zeroed[0]]), name
+    # evaluate (eval mode) scores the conditional loss: the same with and without dropout.
+    plain, with_dropout = (Trainer(tiny_config(tmp_path, [], data={"conditions": ["pose", "reference", "identity"]},
+                                               objectives={"condition_dropout": p})) for p in (0.0, 0.5))
+    assert plain.evaluate(batch) == with_dropout.evaluate(batch)
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1])
+def test_condition_dropout_outside_0_1_is_an_error(tmp_path, dropout):
+    with pytest.raises(ValueError, match=r"condition_dropout .* must be in \[0, 1\)"):
+        Trainer(tiny_config(tmp_path, [], objectives={"condition_dropout": dropout}))
+
+
+def test_the_identity_condition_reaches_the_tiny_denoiser():
+    torch.manual_seed(0)
+    model = TinyDenoiser(latent_channels=4, conditions=condition_channels(["pose", "identity"]), hidden=16, depth=1,
+                         time_dim=16)
+    assert isinstance(model.condition_encoders["identity"], nn.Linear)
+    x, time = torch.randn(2, 4, 2, 2, 2), torch.tensor([10.0, 500.0])
+    conditions = {"pose": torch.rand(2, 3, 2, 16, 16), "identity": torch.randn(2, 512)}
+    out = model(x, time, conditions)
+    other = dict(conditions, identity=torch.cat([conditions["identity"][:1], torch.randn(1, 512)]))
+    changed = model(x, time, other)
+    assert out.shape == x.shape
+    assert torch.equal(changed[0], out[0]) and not torch.allclose(changed[1], out[1])  # per sample
+
+
+def test_a_trainer_conditioned_on_pose_and_identity_trains(training_shards, tmp_path):
+    config = tiny_config(tmp_path, shard_files(training_shards, 2), data={"conditions": ["pose", "identity"]})
+    trainer = Trainer(config)
+    start = trainer.model.condition_encoders["identity"].weight.clone()
+    # The shards have no reference face embedding (detection-only face back-end): the loader says so ...
+    with pytest.raises(ValueError, match="'ref_face_embedding', absent from sample .*face recogniser"):
+        next(iter(stream_of(config)))
+    # ... so the condition comes in synthetic, beside the real pose maps.
+    pose_only = tiny_config(tmp_path, shard_files(training_shards, 2))
+    batches = with_identity_condition(stream_of(pose_only))
+    for _ in range(2):
+        metrics = trainer.train_step(batches)
+    assert torch.isfinite(torch.tensor(metrics["total"]))
+    assert not torch.equal(trainer.model.condition_encoders["identity"].weight, start)
+
+
+def test_diffusers_adapters_take_a_vector_condition_only_as_a_forward_argument():
+    class Net(nn.Module):
+        def forward(self, sample, timestep, return_dict=True):
+            return (sample,)
+
+    class NetWithIdentity(nn.Module):
+        def forward(self, sample, timestep, identity=None, return_dict=True):
+            return (sample,)
+
+    with pytest.raises(ValueError, match=r"\['identity'\] are vectors.*Net.forward has an argument of that name"):
+        DiffusersDenoiser(Net(), "BCTHW", conditions=["pose", "identity"])
+    DiffusersDenoiser(NetWithIdentity(), "BCTHW", conditions=["pose", "identity"])
 
 
 def test_diffusers_models_need_diffusers(tmp_path, training_shards):

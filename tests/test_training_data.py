@@ -15,11 +15,12 @@ from training_fixtures import CLIPS, training_shards  # noqa: F401 - the session
 from humanim.schemas.fields import FIELDS, decode_field
 from humanim.schemas.keypoints import FLIP_PERMUTATION, KEYPOINT_NAMES
 from humanim.stages.masks import unpack_masks
-from humanim.training.augment import PART_FLIP, crop_resize, flip, take_frames
-from humanim.training.conditions import hand_blur_maps
+from humanim.training.augment import PART_FLIP, augment, crop_resize, flip, take_frames
+from humanim.training.conditions import build_conditions, hand_blur_maps
 from humanim.training.config import AugmentConfig, DataConfig
 from humanim.training.data import (
-    DataStream, MissingFieldError, StreamSpec, decode_sample, epoch_pipeline, requested_fields, shard_urls)
+    DataStream, MissingFieldError, StreamSpec, decode_sample, epoch_pipeline, requested_fields, shard_urls,
+    to_training_sample)
 
 LEFT_WRIST, RIGHT_WRIST = KEYPOINT_NAMES.index("left_wrist"), KEYPOINT_NAMES.index("right_wrist")
 SAMPLE_FIELDS = ["frames", "meta", "kpts", "masks", "subject_box", "face_box", "face_landmarks", "hand_sharpness",
@@ -163,6 +164,27 @@ def test_hand_blur_condition_paints_movement_and_blur_over_the_hands(decoded):
     anywhere = sample["masks"][:, 1:].any(axis=1) & sample["hand_valid"].any(axis=1)[:, None, None]
     assert np.abs(maps[:, ~anywhere]).max() == 0  # nothing outside the seen hands
     assert maps.shape == (3,) + sample["masks"].shape[:1] + sample["masks"].shape[2:]
+
+
+def test_identity_condition_is_the_reference_face_embedding_through_flips_and_crops(decoded):
+    embedding = np.random.default_rng(3).standard_normal(512).astype(np.float32)
+    sample = dict(decoded[0], ref_face_embedding=embedding)
+    # A flip and a crop move every annotation, but who the subject is stays: the vector passes untouched.
+    augmented = augment(sample, np.random.default_rng(0), (32, 32), 4, flip_probability=1.0, crop_scale=(0.6, 0.8))
+    conditions = build_conditions(augmented, ["pose", "identity"])
+    assert conditions["identity"].dtype == np.float32 and conditions["identity"].shape == (512,)
+    np.testing.assert_array_equal(conditions["identity"], embedding)
+    assert conditions["pose"].shape == (3, 4, 32, 32)
+    names = requested_fields(DataConfig(conditions=["pose", "identity"]))
+    assert "ref_face_embedding" in names
+    batched = to_training_sample(augmented, names, ["pose", "identity"])
+    assert batched["conditions"]["identity"].shape == (512,)
+
+
+def test_identity_condition_without_the_embedding_is_a_clear_error(decoded):
+    with pytest.raises(ValueError, match=r"'ref_face_embedding', absent from sample \w+: the shards were built "
+                                         r"without a face recogniser"):
+        build_conditions(decoded[0], ["identity"])
 
 
 def _stream_config(shards: Path, **values) -> DataConfig:

@@ -1,5 +1,7 @@
 """Shards for the trainer's tests, built once per session from two real videos, and synthetic stand-ins for
-the fields whose stages have not landed yet (articulated noise, correspondences, face embeddings).
+the fields whose stages have not landed yet (articulated noise, correspondences, face embeddings) or that
+the build's detection-only face back-end does not write (the reference face embedding of the identity
+condition).
 
 The build: a talking head and a full-body dancer, 3 clips each of 8 frames at 128 x 128, one sample per
 shard (6 shards, so two ranks with two loader workers each all get shards), with pose, face boxes (YuNet),
@@ -86,6 +88,15 @@ def with_synthetic_fields(batches, latent_shape: tuple[int, int, int, int], flow
         batch["face_embedding"] = embeddings / embeddings.norm(dim=-1, keepdim=True)
         batch["face_embedding_present"] = torch.ones(len(keys), dtype=torch.bool)
         yield batch
+
+
+def with_identity_condition(batches):
+    """Batches with the identity condition as the loader batches it: a unit reference face embedding per clip,
+    float16 [B, 512] (the build's YuNet back-end has no recognition model, so the shards lack it)."""
+    for batch in batches:
+        embeddings = torch.stack([torch.randn(512, generator=_key_generator(k, "ref_face")) for k in batch["key"]])
+        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        yield dict(batch, conditions=dict(batch["conditions"], identity=embeddings.to(torch.float16)))
 
 
 class TinyArcFaceStandIn(torch.nn.Module):

@@ -1,6 +1,7 @@
 """The `humanim` command."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -111,6 +112,80 @@ def train(config_path: str, resume: bool, output_dir: str | None, max_steps: int
     overrides = {k: v for k, v in (("output_dir", output_dir), ("max_steps", max_steps)) if v is not None}
     result = run_training(training_config.load(config_path, overrides), resume=resume)
     click.echo(f"trained to step {result['step']}")
+
+
+def recorded_build_config(shards: list[str]):
+    """The build config recorded (build.json) with the shards a checkpoint was trained on, if they are local."""
+    from humanim.pipeline.config import BuildConfig
+
+    for spec in shards:
+        path = Path(spec)
+        for folder in (path, path.parent, path.parent.parent):
+            record = folder / "build.json"
+            if record.is_file():
+                return BuildConfig(json.loads(record.read_text())["config"]), record
+    return None, None
+
+
+@main.command()
+@click.option("--ref", "reference", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Reference image of the person to animate.")
+@click.option("--motion", required=True,
+              help="Driving video, a motion file from --save-motion (.npz), or a shard sample as BUILD_OR_SHARD#KEY.")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output video (.mp4).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Build config whose stages annotate the inputs; default: the build.json of the checkpoint's shards.")
+@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--guidance", type=float, default=3.5, show_default=True,
+              help="Animation CFG scale (reference and motion dropped together); 1 turns it off.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--window", type=click.IntRange(min=1), default=None,
+              help="Latent frames per window; default: the checkpoint's clip length.")
+@click.option("--overlap", type=click.IntRange(min=0), default=None,
+              help="Latent frames neighbouring windows share; default: a quarter window.")
+@click.option("--fixed-windows", is_flag=True, help="Keep the window grid in place instead of moving it every step.")
+@click.option("--reference-noise", is_flag=True, help="Start from the reference latent diffused to the first level.")
+@click.option("--noise-gamma", type=click.FloatRange(0, 1), default=None,
+              help="Share of fresh noise mixed into articulated noise; default: the checkpoint's.")
+@click.option("--max-side", type=click.IntRange(min=8), default=512, show_default=True,
+              help="Longer side the reference is animated at (the output keeps the image's size).")
+@click.option("--fps", type=float, default=None, help="Resample the driving video to this rate; default: its own.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Animate the first N driving frames.")
+@click.option("--side-by-side", "side_by_side", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write reference | driving | conditions | result as a video.")
+@click.option("--save-motion", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Save the driving motion's annotations (.npz) to animate other references with it.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+def animate(reference: Path, motion: str, checkpoint: Path, out: Path, config_path: str | None, steps: int,
+            guidance: float, seed: int, window: int | None, overlap: int | None, fixed_windows: bool,
+            reference_noise: bool, noise_gamma: float | None, max_side: int, fps: float | None,
+            max_frames: int | None, side_by_side: Path | None, save_motion: Path | None, device: str) -> None:
+    """Animate a reference image with a driving motion through a trained checkpoint (docs/INFERENCE.md)."""
+    from humanim.pipeline import config as config_module
+    from humanim.pipeline.animate import AnimateInputError
+    from humanim.pipeline.animate import animate as run_animate
+    from humanim.training.inference import SamplerConfig, checkpoint_config
+
+    if config_path is not None:
+        build = config_module.load(config_path)
+    else:
+        build, record = recorded_build_config(checkpoint_config(checkpoint).data.shards)
+        if build is None:
+            raise click.UsageError("the checkpoint's shards have no local build.json: give the build config they "
+                                   "were built with as --config")
+        click.echo(f"build config: {record}")
+    sampler = SamplerConfig(steps=steps, guidance=guidance, window=window, overlap=overlap,
+                            random_offset=not fixed_windows, reference_noise=reference_noise,
+                            noise_gamma=noise_gamma, seed=seed)
+    try:
+        result = run_animate(reference, motion, checkpoint, out, build, sampler, device=device, max_side=max_side,
+                             fps=fps, max_frames=max_frames, side_by_side_path=side_by_side, save_motion=save_motion,
+                             log=click.echo)
+    except AnimateInputError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"{result['out']}: {result['frames']} frames at {result['fps']:g} fps, "
+               f"{result['size'][1]}x{result['size'][0]}")
 
 
 from humanim.pipeline.models_cli import models  # noqa: E402 - attached after the group exists

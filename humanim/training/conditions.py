@@ -1,5 +1,6 @@
-"""Conditioning maps drawn at train time from the shards' annotations, after augmentation, so they always
-match the pixels the model sees. Each is float32 [C, T, H, W] (channels first, like the frames tensor).
+"""Conditions drawn at train time from the shards' annotations, after augmentation, so they always match the
+pixels the model sees. Maps are float32 [C, T, H, W] (channels first, like the frames tensor), or [C, H, W] for
+one image; vectors are float32 [D].
 
 - pose: the DWPose skeleton image (stages.skeleton) of each frame's keypoints, RGB in [0, 1]; what the pose
   guiders of Champ, Moore-AnimateAnyone, MusePose and MimicMotion were trained on.
@@ -13,6 +14,9 @@ match the pixels the model sees. Each is float32 [C, T, H, W] (channels first, l
   background 0), the camera-frame normal mapped to [0, 1] (background 0), and the body-part label
   divided by the number of SMPL parts (background 0).
 - reference: the reference frame in [-1, 1] [3, H, W] and the skeleton of its keypoints [3, H, W].
+- identity (VividPose's identity controller): the 512-d ArcFace embedding of the subject's face in the
+  reference frame, a vector [512]. A flip or a crop does not change who the subject is, so it passes
+  augmentation untouched.
 """
 from __future__ import annotations
 
@@ -21,13 +25,14 @@ import numpy as np
 from humanim.stages.body_models import SMPL_PARTS
 from humanim.stages.skeleton import draw_skeleton
 
-CONDITIONS = ("pose", "hand_blur", "renders", "reference")
+CONDITIONS = ("pose", "hand_blur", "renders", "reference", "identity")
 # The shard fields each condition is drawn from.
 CONDITION_FIELDS: dict[str, tuple[str, ...]] = {
     "pose": ("kpts",),
     "hand_blur": ("masks", "hand_motion", "hand_sharpness", "hand_valid"),
     "renders": ("depth", "normal", "part"),
     "reference": ("ref_frame", "ref_kpts"),
+    "identity": ("ref_face_embedding",),
 }
 MOTION_SCALE = 16.0  # pixels per frame that map to 1: fast hand motion at 512 px and 8 fps
 SHARPNESS_REFERENCE = 1000.0  # variance of the Laplacian of a sharp hand crop (stages.blur's 32 px crops)
@@ -88,6 +93,19 @@ def reference_maps(ref_frame: np.ndarray, ref_kpts: np.ndarray | None) -> dict[s
     return out
 
 
+def identity_vector(sample: dict) -> np.ndarray:
+    """The reference face's ArcFace embedding, float32 [512]. The loader leaves a missing optional embedding
+    out of the sample (it batches zeros and a flag), but zeros are the unconditional identity (condition
+    dropout), never a subject's: a sample without one is an error here."""
+    if "ref_face_embedding" not in sample:
+        key = sample.get("meta", {}).get("key", "?")
+        raise ValueError(f"the identity condition needs field 'ref_face_embedding', absent from sample {key}: the "
+                         f"shards were built without a face recogniser (the face stage writes it with a recognition "
+                         f"model: backend insightface, or face.recognizer), or no face was seen in this clip's "
+                         f"reference frame")
+    return np.asarray(sample["ref_face_embedding"], dtype=np.float32)
+
+
 def build_conditions(sample: dict, names: list[str]) -> dict[str, np.ndarray]:
     """The conditions `names` for one augmented sample."""
     unknown = sorted(set(names) - set(CONDITIONS))
@@ -104,4 +122,6 @@ def build_conditions(sample: dict, names: list[str]) -> dict[str, np.ndarray]:
         out["renders"] = render_maps(sample["depth"], sample["normal"], sample["part"])
     if "reference" in names:
         out.update(reference_maps(sample["ref_frame"], sample.get("ref_kpts")))
+    if "identity" in names:
+        out["identity"] = identity_vector(sample)
     return out

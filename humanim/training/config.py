@@ -25,7 +25,7 @@ class DataConfig:
     resolution: tuple[int, int] | None = None  # (H, W) at training; None keeps the shards' resolution
     frames: int | None = None  # frames per training clip (a random window); None keeps the whole clip
     fields: list[str] = field(default_factory=list)  # registry fields to load beyond what conditions/objectives need
-    conditions: list[str] = field(default_factory=list)  # pose | hand_blur | renders | reference
+    conditions: list[str] = field(default_factory=list)  # pose | hand_blur | renders | reference | identity
     batch_size: int = 1
     num_workers: int = 0  # DataLoader workers per training process
     resampled: bool = False  # draw shards with replacement forever (multi-node); with_epoch bounds an "epoch"
@@ -70,6 +70,7 @@ class ObjectivesConfig:
     regional_max_time: float = 200.0  # regional and identity losses only below this model time
     identity_weight: float = 0.0  # HIA face cosine through ArcFace
     arcface: str | None = None  # TorchScript file of an ArcFace network (112 x 112 RGB in [-1, 1] -> 512)
+    condition_dropout: float = 0.0  # per sample, every condition zeroed together: the unconditional branch of CFG
 
 
 @dataclass

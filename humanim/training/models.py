@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-# Channels of each condition the loader draws (training.conditions), and whether it is per frame or one image.
-CONDITION_CHANNELS = {"pose": 3, "hand_blur": 3, "renders": 5, "reference": 3, "reference_pose": 3}
+# Channels of each condition the loader draws (training.conditions), and whether it is per frame, one image
+# [B, C, H, W] or one vector [B, C].
+CONDITION_CHANNELS = {"pose": 3, "hand_blur": 3, "renders": 5, "reference": 3, "reference_pose": 3, "identity": 512}
 IMAGE_CONDITIONS = ("reference", "reference_pose")
+VECTOR_CONDITIONS = ("identity",)
 
 
 def condition_channels(conditions: list[str]) -> dict[str, int]:
@@ -93,8 +95,9 @@ class ResidualBlock(nn.Module):
 
 
 class TinyDenoiser(nn.Module):
-    """A small 3D-convolutional denoiser: conditions are cut to the latent grid by strided convolutions and
-    added to the input features; time enters every block through FiLM.
+    """A small 3D-convolutional denoiser: condition maps are cut to the latent grid by strided convolutions and
+    added to the input features; time enters every block through FiLM, and vector conditions (identity) with
+    it, projected and added to the time embedding.
 
     Parameter groups (names start with these, for `optim.freeze`): condition_encoders, time_embedding, input,
     blocks, output, motion_head.
@@ -108,8 +111,7 @@ class TinyDenoiser(nn.Module):
         self.gradient_checkpointing = False
         kernel = (temporal_stride, spatial_stride, spatial_stride)
         self.condition_encoders = nn.ModuleDict({
-            name: (nn.Conv2d(channels, hidden, spatial_stride, stride=spatial_stride) if name in IMAGE_CONDITIONS
-                   else nn.Conv3d(channels, hidden, kernel, stride=kernel))
+            name: self._condition_encoder(name, channels, hidden, spatial_stride, kernel)
             for name, channels in (conditions or {}).items()})
         self.time_embedding = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.input = nn.Conv3d(latent_channels, hidden, 3, padding=1)
@@ -118,6 +120,14 @@ class TinyDenoiser(nn.Module):
         self.motion_head = (nn.Sequential(nn.GroupNorm(8, hidden), nn.SiLU(),
                                           nn.Conv3d(hidden, motion_channels, 3, padding=1))
                             if motion_channels else None)
+
+    def _condition_encoder(self, name: str, channels: int, hidden: int, spatial_stride: int,
+                           kernel: tuple[int, int, int]) -> nn.Module:
+        if name in VECTOR_CONDITIONS:
+            return nn.Linear(channels, self.time_dim)
+        if name in IMAGE_CONDITIONS:
+            return nn.Conv2d(channels, hidden, spatial_stride, stride=spatial_stride)
+        return nn.Conv3d(channels, hidden, kernel, stride=kernel)
 
     def enable_gradient_checkpointing(self) -> None:
         self.gradient_checkpointing = True
@@ -131,7 +141,9 @@ class TinyDenoiser(nn.Module):
         h = self.input(x)
         for name, encoder in self.condition_encoders.items():
             condition = conditions[name].to(h.dtype)
-            if name in IMAGE_CONDITIONS:
+            if name in VECTOR_CONDITIONS:
+                time = time + encoder(condition)  # with time, FiLM carries it into every block
+            elif name in IMAGE_CONDITIONS:
                 h = h + encoder(condition)[:, :, None]  # one image, added to every latent frame
             else:
                 h = h + encoder(_causal_pad(condition, self.temporal_stride))
@@ -183,7 +195,8 @@ class DiffusersDenoiser(nn.Module):
     video transformers), "BTCHW" (UNetSpatioTemporalConditionModel: SVD, VividPose) or "frames" (an image
     UNet run on each frame). Conditions whose names are arguments of the model's forward
     (encoder_hidden_states, added_time_ids, ...) are passed through; any other condition map is concatenated
-    to the latents along channels, resized to the latent grid (the model's in_channels must allow for it).
+    to the latents along channels, resized to the latent grid (the model's in_channels must allow for it). A
+    vector condition (identity) has no grid to concatenate on: it needs a forward argument of its name.
     """
 
     def __init__(self, model: nn.Module, layout: str, inputs: dict[str, Any] | None = None,
@@ -201,6 +214,11 @@ class DiffusersDenoiser(nn.Module):
         unknown = sorted(set(self.inputs) - self.arguments)
         if unknown:
             raise ValueError(f"model.denoiser.inputs {unknown} are not arguments of {type(model).__name__}.forward")
+        vectors = sorted(name for name in conditions or [] if name in VECTOR_CONDITIONS and name not in self.arguments)
+        if vectors:
+            raise ValueError(f"condition(s) {vectors} are vectors, which cannot be concatenated to the latents; "
+                             f"the diffusers adapter takes them only where {type(model).__name__}.forward has an "
+                             f"argument of that name: drop them from data.conditions for this model")
         given = set(self.inputs) | set(conditions or []) | {"sample", "timestep", "self"}
         required = [name for name, p in list(parameters.items())[2:]
                     if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)

@@ -71,6 +71,19 @@ def latent_region_masks(masks: Tensor, latent_shape: torch.Size, temporal_stride
     return pooled[:, 0:1], pooled[:, 1:3].amax(dim=1, keepdim=True)
 
 
+def drop_conditions(conditions: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+    """Every condition tensor (batch first, any rank) with the samples where `keep` [B] is False set to zeros.
+
+    Zeros in every condition at once are the unconditional input: training drops them together (HIA eq. 4,
+    the reference and the motion in one go) so that inference's classifier-free guidance can ask for exactly
+    this with `keep` all False."""
+    for name, value in conditions.items():
+        if keep.shape != value.shape[:1]:
+            raise ValueError(f"keep has shape {tuple(keep.shape)}; condition {name!r} has a batch of {len(value)}")
+    return {name: torch.where(keep.to(value.device).view(-1, *[1] * (value.ndim - 1)), value, torch.zeros_like(value))
+            for name, value in conditions.items()}
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int, device: torch.device) -> torch.Generator:
     digest = hashlib.sha256(f"{seed}/{step}/{micro}/{rank}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
@@ -112,6 +125,9 @@ class Trainer:
             else None
         if config.objectives.identity_weight and not config.objectives.arcface:
             raise ValueError("objectives.identity_weight needs objectives.arcface (a TorchScript ArcFace file)")
+        if not 0 <= config.objectives.condition_dropout < 1:
+            raise ValueError(f"objectives.condition_dropout is the probability of dropping a sample's conditions: "
+                             f"it must be in [0, 1), got {config.objectives.condition_dropout}")
         self.step = 0
 
     # schedule ----------------------------------------------------------------------------------------------
@@ -164,6 +180,11 @@ class Trainer:
             noise = obj.mix_articulated_noise(self._latent_field(batch, "noise", x0.shape), noise, self._gamma(
                 batch_size, generator))
         state = self.noise_state(batch_size, generator)
+        if objectives.condition_dropout and model.training:
+            # Like nn.Dropout, in training mode only (evaluate scores the conditional loss). Drawn last, so noise
+            # and timesteps are those of the same step without dropout.
+            keep = torch.rand(batch_size, generator=generator, device=self.device) >= objectives.condition_dropout
+            conditions = drop_conditions(conditions, keep)
         x_t = sch.add_noise(x0, noise, state)
         with self.autocast():
             output = model(sch.per_sample(state.input_scale, x_t) * x_t, state.model_time, conditions)
@@ -573,5 +594,5 @@ def train_with_ray(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
             ray.shutdown()
 
 
-__all__ = ["Trainer", "run", "train", "train_with_ray", "objective_fields", "latent_region_masks", "freeze",
-           "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = ["Trainer", "run", "train", "train_with_ray", "objective_fields", "latent_region_masks", "drop_conditions",
+           "freeze", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]

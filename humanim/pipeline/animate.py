@@ -1,0 +1,630 @@
+"""`humanim animate`: a reference image performs a driving motion, through a trained checkpoint.
+
+1. The checkpoint's training config says which conditions it takes; what building them needs (stages, a face
+   recogniser, a noise layout matching the VAE) is checked first, before any model is loaded.
+2. The build's own stages, built from a build config, annotate the reference image as a one-frame clip (pose,
+   face, body fit) and the driving video as a clip of all its frames (pose, hand blur, body fit): the same code
+   as the shards the checkpoint was trained on, so the conditions cannot drift from training.
+3. Shape alignment (Champ, eq. 3): the driving poses on the reference's body, framed like the reference
+   (stages/shape_align.py). The skeleton is the aligned body's projected keypoints; the 68 face points, which
+   the body models do not define, follow the head by the similarity that maps the driving head's points to the
+   aligned head's. Without body fits (a checkpoint that takes the skeleton only), the driving skeleton is
+   scaled and moved so that its first frame stands where and as tall as the reference's.
+4. The render, mask and noise stages run on the aligned motion, and training/conditions.py draws the conditions
+   from their output exactly as the loader does; training/inference.py samples and the VAE decodes.
+
+The motion is a video file, a shard sample (`BUILD_OR_SHARD#KEY`), or a motion file written by
+`--save-motion` (keypoints, body fit and hand sharpness of a driving video, to animate many references with it).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from humanim.pipeline.config import BuildConfig
+from humanim.pipeline.runner import StageRunner
+from humanim.schemas.keypoints import BODY, FACE, LEFT_HAND, RIGHT_HAND
+from humanim.stages.base import Clip, ClipSpec
+from humanim.training.config import TrainConfig
+
+KPT_THRESHOLD = 0.3  # a keypoint below this score counts as unseen, as in the pose and mask stages
+MIN_BODY_KEYPOINTS = 6  # confident body keypoints (of 17) an image needs to hold a person
+HEAD_ANCHORS = np.arange(0, 5)  # nose, eyes, ears: what the 68 face points follow
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
+
+
+class AnimateInputError(ValueError):
+    """An input `humanim animate` cannot use, with the reason; raised before any model runs."""
+
+
+# What the checkpoint needs -------------------------------------------------------------------------------------
+
+
+def needed_stages(config: TrainConfig) -> list[str]:
+    """Build stages whose output the checkpoint's conditions and noise are drawn from, in build order."""
+    conditions = set(config.data.conditions)
+    needs = {"pose"}
+    if "hand_blur" in conditions:
+        needs |= {"masks", "blur"}
+    if "renders" in conditions:
+        needs |= {"body", "render"}
+    if "identity" in conditions:
+        needs.add("face")
+    if config.objectives.articulated_noise:
+        needs |= {"body", "noise"}
+    order = ["pose", "face", "masks", "blur", "body", "render", "noise"]
+    return [name for name in order if name in needs]
+
+
+def check_buildable(config: TrainConfig, build: BuildConfig, vae_layout: tuple[int, int, int]
+                    ) -> tuple[list[str], list[dict]]:
+    """The stages to run and the model files they load (name, sha256), or an AnimateInputError saying which
+    condition cannot be built and why. vae_layout: the checkpoint VAE's (spatial stride, temporal stride, latent
+    channels)."""
+    from humanim.pipeline.build import STAGE_SECTIONS, stage_class
+    from humanim.pipeline.record import models_record
+    from humanim.stages.model_store import ModelStoreError
+    from humanim.stages.face import BACKENDS
+    from humanim.stages.noise import PRESETS
+    from humanim.training.conditions import CONDITIONS
+
+    unknown = sorted(set(config.data.conditions) - set(CONDITIONS))
+    if unknown:
+        raise AnimateInputError(f"the checkpoint was trained with condition(s) {unknown}, which this version "
+                                f"cannot build; it builds {list(CONDITIONS)}")
+    stages = needed_stages(config)
+    if "identity" in config.data.conditions:
+        face = build.section("face")
+        if (face["recognizer"] or BACKENDS[face["backend"]].recognizer) is None:
+            raise AnimateInputError(
+                f"the checkpoint takes the identity condition (an ArcFace embedding of the reference face), but "
+                f"face.backend {face['backend']!r} of the build config has no recognition model: use a build "
+                f"config with face.backend: insightface, or set face.recognizer")
+    if "noise" in stages:
+        preset = build.section("noise")["preset"]
+        layout = PRESETS[preset]
+        noise_layout = (layout.spatial_stride, layout.temporal_stride, layout.channels)
+        if noise_layout != tuple(vae_layout):
+            raise AnimateInputError(
+                f"the checkpoint was trained with articulated noise for a VAE of (spatial stride, temporal stride, "
+                f"channels) {tuple(vae_layout)}, but noise.preset {preset!r} of the build config makes "
+                f"{noise_layout}: choose the preset of the checkpoint's VAE")
+    models = []
+    for name in stages:
+        cls, section = stage_class(name, build), build.section(STAGE_SECTIONS[name])
+        try:
+            cls.check_environment(section)
+            models += models_record(cls.model_names(section))  # a missing file says where to fetch it
+        except (ImportError, FileNotFoundError, ValueError, ModelStoreError) as error:
+            raise AnimateInputError(f"the {name} stage, needed for the checkpoint's conditions, cannot run: "
+                                    f"{error}") from error
+    return stages, models
+
+
+# Running the build's stages in-process -------------------------------------------------------------------------
+
+
+class StageSet:
+    """The build's stages, each built once from the build config and run through the build's StageRunner."""
+
+    def __init__(self, build: BuildConfig, seed: int):
+        self.build, self.seed = build, seed
+        self._runners: dict[str, StageRunner] = {}
+
+    def stage(self, name: str):
+        from humanim.pipeline.build import make_stage
+
+        if name not in self._runners:
+            self._runners[name] = StageRunner(make_stage(name, self.build))
+        return self._runners[name].stage
+
+    def run(self, clip: Clip, names: list[str], what: str) -> Clip:
+        for name in names:
+            self.stage(name)
+            self._runners[name]({"clip": clip})
+            if clip.failure is not None:
+                raise AnimateInputError(f"{what}: the {clip.failure['stage']} stage failed: {clip.failure['reason']}")
+        return clip
+
+
+def single_clip(key: str, source: str, frames: np.ndarray, fps: float) -> Clip:
+    count = len(frames)
+    times = tuple(i / fps for i in range(count))
+    spec = ClipSpec(key=key, video_id=key, clip_index=0, split="inference", source=source, source_sha256="",
+                    source_frame_indices=tuple(range(count)), source_frame_pts=tuple(range(count)),
+                    source_frame_times=times, frame_times=times, fps=fps)
+    return Clip(spec=spec, frames=frames)
+
+
+def require_person(kpts: np.ndarray, what: str) -> None:
+    """Every frame of `kpts` [T, 133, 3] must hold enough confident body keypoints (else AnimateInputError)."""
+    confident = (np.nan_to_num(kpts[:, BODY, 2]) >= KPT_THRESHOLD).sum(axis=1)
+    empty = np.flatnonzero(confident < MIN_BODY_KEYPOINTS)
+    if len(empty) == len(kpts):
+        raise AnimateInputError(f"{what}: no person found (fewer than {MIN_BODY_KEYPOINTS} confident body "
+                                f"keypoints in every frame)")
+
+
+# The reference -------------------------------------------------------------------------------------------------
+
+
+def working_size(height: int, width: int, stride: int, max_side: int | None) -> tuple[int, int]:
+    """The size the reference is animated at: at most max_side on its longer side, in whole latent cells."""
+    scale = min(1.0, max_side / max(height, width)) if max_side else 1.0
+    return (max(stride, round(height * scale / stride) * stride), max(stride, round(width * scale / stride) * stride))
+
+
+def read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise AnimateInputError(f"cannot read the reference image {path} (missing, or not an image OpenCV reads)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass
+class Reference:
+    image: np.ndarray  # [H, W, 3] uint8 at the working size
+    original_size: tuple[int, int]  # (H, W) of the file: the output's size
+    kpts: np.ndarray  # [133, 3]
+    fit: Any | None  # stages.fit.BodyFit of one frame
+    face_embedding: np.ndarray | None
+
+
+def annotate_reference(path: Path, original: np.ndarray, stages: StageSet, names: list[str],
+                       size: tuple[int, int]) -> Reference:
+    image = cv2.resize(original, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    clip = single_clip("reference", str(path), image[None], 1.0)
+    what = f"reference image {path}"
+    stages.run(clip, ["pose"], what)
+    require_person(clip.fields["kpts"], what)
+    stages.run(clip, [n for n in names if n in ("face", "body")], what)
+    return Reference(image=image, original_size=original.shape[:2], kpts=clip.fields["kpts"][0],
+                     fit=body_fit(clip), face_embedding=clip.fields.get("face_embedding"))
+
+
+def body_fit(clip: Clip):
+    from humanim.stages.fit import BodyFit
+
+    return BodyFit.from_npz_bytes(clip.fields["body"]) if "body" in clip.fields else None
+
+
+# The driving motion --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DrivingMotion:
+    kpts: np.ndarray  # [T, 133, 3] pixels of the driving frames
+    height: int
+    width: int
+    fps: float
+    fit: Any | None = None  # BodyFit over the T frames
+    hand_sharpness: np.ndarray | None = None  # [T, 2] variance of the Laplacian (stages/blur.py)
+    hand_valid: np.ndarray | None = None  # [T, 2]
+    frames: np.ndarray | None = None  # [T, H, W, 3], for the side-by-side; not saved in motion files
+    source: str = ""
+
+    def save(self, path: Path) -> Path:
+        """An .npz that loads with allow_pickle=False."""
+        arrays = {"kpts": self.kpts, "size": np.array([self.height, self.width]), "fps": np.array(self.fps),
+                  "source": np.array(self.source)}
+        if self.fit is not None:
+            arrays["body"] = np.frombuffer(self.fit.to_npz_bytes(), dtype=np.uint8)
+        if self.hand_sharpness is not None:
+            arrays.update(hand_sharpness=self.hand_sharpness, hand_valid=self.hand_valid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "DrivingMotion":
+        from humanim.stages.fit import BodyFit
+
+        with np.load(path, allow_pickle=False) as archive:
+            if "kpts" not in archive or "size" not in archive:
+                raise AnimateInputError(f"{path} is not a motion file written by `humanim animate --save-motion`")
+            return cls(kpts=archive["kpts"], height=int(archive["size"][0]), width=int(archive["size"][1]),
+                       fps=float(archive["fps"]), source=str(archive["source"]),
+                       fit=BodyFit.from_npz_bytes(archive["body"].tobytes()) if "body" in archive else None,
+                       hand_sharpness=archive["hand_sharpness"] if "hand_sharpness" in archive else None,
+                       hand_valid=archive["hand_valid"] if "hand_valid" in archive else None)
+
+    def missing(self, names: list[str]) -> list[str]:
+        """What of the driving stages `names` this motion lacks."""
+        lacking = []
+        if "body" in names and self.fit is None:
+            lacking.append("a body fit")
+        if "blur" in names and self.hand_sharpness is None:
+            lacking.append("hand sharpness")
+        return lacking
+
+
+def driving_frames(path: Path, fps: float | None, max_frames: int | None, max_side: int, stages: StageSet
+                   ) -> tuple[Clip, float]:
+    """The driving video decoded by the build's decode stage: every frame (or frames at `fps`), its longer side
+    at most max_side."""
+    from humanim.stages.base import ClipRejected
+    from humanim.stages.decode import Decode
+    from humanim.stages.probe import probe
+
+    try:
+        info = probe(str(path))
+    except (ClipRejected, OSError, ValueError) as error:
+        raise AnimateInputError(f"driving video {path}: {error}") from error
+    times = info.frame_times - info.frame_times[0]
+    rate = float(fps or info.average_fps)
+    if fps:  # the nearest source frame at each target time
+        targets = np.arange(0, info.duration - 1e-9, 1 / rate)
+        picked = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
+    else:
+        picked = np.arange(len(times))
+    picked = picked[:max_frames] if max_frames else picked
+    scale = min(1.0, max_side / max(info.width, info.height))
+    width, height = (max(2, int(round(side * scale / 2)) * 2) for side in (info.width, info.height))
+    frame_times = tuple(float(i / rate) for i in range(len(picked)))
+    spec = ClipSpec(key="driving", video_id=info.video_id, clip_index=0, split="inference", source=str(path),
+                    source_sha256=info.sha256, source_frame_indices=tuple(int(i) for i in picked),
+                    source_frame_pts=tuple(int(info.frame_pts[i]) for i in picked),
+                    source_frame_times=tuple(float(times[i]) for i in picked), frame_times=frame_times, fps=rate)
+    clip = Clip(spec=spec, meta={"source_info": {"width": info.width, "height": info.height,
+                                                 "rotation": info.rotation, "average_fps": info.average_fps}})
+    video = {**stages.build.section("video"), "width": width, "height": height}
+    runner = StageRunner(Decode(video, stages.seed))
+    runner({"clip": clip})
+    if clip.failure is not None:
+        raise AnimateInputError(f"driving video {path}: {clip.failure['reason']}")
+    return clip, rate
+
+
+def annotate_driving_video(path: Path, stages: StageSet, names: list[str], fps: float | None,
+                           max_frames: int | None, max_side: int) -> DrivingMotion:
+    clip, rate = driving_frames(path, fps, max_frames, max_side, stages)
+    what = f"driving video {path}"
+    stages.run(clip, ["pose"], what)
+    require_person(clip.fields["kpts"], what)
+    stages.run(clip, [n for n in names if n in ("blur", "body")], what)
+    return DrivingMotion(kpts=clip.fields["kpts"], height=clip.frames.shape[1], width=clip.frames.shape[2],
+                         fps=rate, fit=body_fit(clip), hand_sharpness=clip.fields.get("hand_sharpness"),
+                         hand_valid=clip.fields.get("hand_valid"), frames=clip.frames, source=str(path))
+
+
+def shard_sample(spec: str) -> DrivingMotion:
+    """`BUILD_OR_SHARD#KEY`: the motion of one sample of built shards."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    from humanim.schemas.fields import FIELDS
+    from humanim.stages.fit import BodyFit
+    from humanim.training.data import decode_sample, open_shard, shard_urls
+
+    location, key = spec.rsplit("#", 1)
+    for url in shard_urls(location):
+        for raw in group_by_keys(tar_file_expander([{"url": url, "stream": open_shard(url)}])):
+            if raw["__key__"] != key:
+                continue
+            names = [n for n in ("kpts", "body", "hand_sharpness", "hand_valid", "frames", "meta")
+                     if FIELDS[n].ext in raw]
+            sample = decode_sample(raw, names)
+            meta = sample["meta"]
+            frames = sample.get("frames")
+            return DrivingMotion(kpts=sample["kpts"], height=int(meta["height"]), width=int(meta["width"]),
+                                 fps=float(meta["fps"]),
+                                 fit=BodyFit.from_npz_bytes(raw[FIELDS["body"].ext]) if "body" in sample else None,
+                                 hand_sharpness=sample.get("hand_sharpness"), hand_valid=sample.get("hand_valid"),
+                                 frames=frames, source=spec)
+    raise AnimateInputError(f"no sample {key!r} in the shards of {location}")
+
+
+def load_motion(spec: str, stages: StageSet, names: list[str], fps: float | None, max_frames: int | None,
+                max_side: int) -> DrivingMotion:
+    path = Path(spec)
+    if path.suffix == ".npz" and path.is_file():
+        motion = DrivingMotion.load(path)
+    elif "#" in spec and not path.exists():
+        motion = shard_sample(spec)
+    elif path.is_file():
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise AnimateInputError(f"--motion {spec}: not a video ({', '.join(sorted(VIDEO_SUFFIXES))}), a motion "
+                                    f"file (.npz) or a shard sample (BUILD#KEY)")
+        return annotate_driving_video(path, stages, names, fps, max_frames, max_side)
+    else:
+        raise AnimateInputError(f"--motion {spec}: no such file (a video, a motion .npz, or BUILD#KEY)")
+    require_person(motion.kpts, f"motion {spec}")
+    lacking = motion.missing([n for n in names if n in ("blur", "body")])
+    if lacking:
+        raise AnimateInputError(f"motion {spec} lacks {' and '.join(lacking)}, which the checkpoint's conditions "
+                                f"need: animate from the driving video itself")
+    if max_frames:
+        motion = trim_motion(motion, max_frames)
+    return motion
+
+
+def trim_motion(motion: DrivingMotion, count: int) -> DrivingMotion:
+    from humanim.stages.fit import BodyFit
+
+    cut = slice(0, count)
+    fit = motion.fit
+    if fit is not None:
+        fit = BodyFit(**{**fit.__dict__, **{n: getattr(fit, n)[cut] for n in ("pose", "global_orient", "transl",
+                                                                            "error_px")}})
+    return DrivingMotion(motion.kpts[cut], motion.height, motion.width, motion.fps, fit,
+                         None if motion.hand_sharpness is None else motion.hand_sharpness[cut],
+                         None if motion.hand_valid is None else motion.hand_valid[cut],
+                         None if motion.frames is None else motion.frames[cut], motion.source)
+
+
+# Alignment -----------------------------------------------------------------------------------------------------
+
+
+def project(model, fit) -> np.ndarray:
+    """[T, 133, 2] pixel positions of the fit's whole-body keypoints (rows the model lacks are meaningless)."""
+    import torch
+
+    as_tensor = {"dtype": torch.float32, "device": model.device}
+    with torch.no_grad():
+        points = model.keypoints_only(torch.as_tensor(fit.shape, **as_tensor)[None],
+                                      *(torch.as_tensor(getattr(fit, n), **as_tensor)
+                                        for n in ("pose", "global_orient", "transl"))).cpu().numpy()
+    fx, fy, cx, cy = (float(v) for v in fit.camera)
+    depth = np.maximum(points[..., 2], 0.1)
+    return np.stack([points[..., 0] / depth * fx + cx, points[..., 1] / depth * fy + cy], -1)
+
+
+def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Scale s, rotation R [2, 2] and shift t with target ~ s R source + t, least squares (Umeyama)."""
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    a, b = source - source_mean, target - target_mean
+    u, singular, vt = np.linalg.svd(b.T @ a)
+    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rotation = u @ sign @ vt
+    scale = float((singular * np.diag(sign)).sum() / max((a ** 2).sum(), 1e-9))
+    return scale, rotation, target_mean - scale * rotation @ source_mean
+
+
+def aligned_keypoints(model, driving, aligned, driving_kpts: np.ndarray) -> np.ndarray:
+    """The skeleton of the aligned fit: its projected keypoints where the body model defines them, the face
+    points carried by the head's similarity, and the driving detection's scores (unseen stays unseen)."""
+    before, after = project(model, driving), project(model, aligned)
+    out = np.array(driving_kpts, dtype=np.float32, copy=True)
+    defined = model.keypoint_mask
+    out[:, defined, :2] = after[:, defined]
+    if not defined[FACE].all():
+        for t in range(len(out)):
+            scale, rotation, shift = similarity(before[t, HEAD_ANCHORS], after[t, HEAD_ANCHORS])
+            face = np.nan_to_num(driving_kpts[t, FACE, :2])
+            out[t, FACE, :2] = face @ (scale * rotation).T + shift
+    out[..., 2] = np.nan_to_num(out[..., 2])
+    return out
+
+
+def align_keypoints_2d(reference_kpts: np.ndarray, driving_kpts: np.ndarray) -> np.ndarray:
+    """Without body fits: the driving skeleton scaled to the reference's height and moved onto it (its first
+    confident frame stands where the reference stands); later frames keep the driving motion, scaled."""
+    def box(points: np.ndarray) -> tuple[np.ndarray, float]:
+        seen = points[np.nan_to_num(points[:, 2]) >= KPT_THRESHOLD, :2]
+        return (seen.min(0) + seen.max(0)) / 2, float(np.ptp(seen[:, 1]))
+
+    body = driving_kpts[:, BODY]
+    first = next(t for t in range(len(body)) if (np.nan_to_num(body[t, :, 2]) >= KPT_THRESHOLD).sum()
+                 >= MIN_BODY_KEYPOINTS)
+    driving_centre, driving_height = box(body[first])
+    reference_centre, reference_height = box(reference_kpts[BODY])
+    scale = reference_height / max(driving_height, 1e-6)
+    out = np.array(driving_kpts, dtype=np.float32, copy=True)
+    out[..., :2] = (out[..., :2] - driving_centre) * scale + reference_centre
+    out[..., 2] = np.nan_to_num(out[..., 2])
+    return out
+
+
+# Conditions ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """Everything sampling needs, built from the inputs; no diffusion model has run yet."""
+
+    conditions: dict[str, np.ndarray]  # as training.conditions draws them, per-frame maps padded to whole latents
+    noise: np.ndarray | None  # [T', C, h, w] articulated noise, or None
+    reference: np.ndarray  # [H, W, 3] uint8 working size
+    original_size: tuple[int, int]
+    frames: int  # the driving length: frames in the output
+    fps: float
+    kpts: np.ndarray  # [T, 133, 3] aligned skeleton at the working size
+    driving: DrivingMotion
+    stages: list[str]
+    models: list[dict]  # the stages' model files, with sha256
+
+
+def pad_motion(kpts: np.ndarray, fit, count: int):
+    """Repeat the last frame up to `count` frames, so the motion fills whole latent frames."""
+    from humanim.stages.fit import BodyFit
+
+    extra = count - len(kpts)
+    if extra <= 0:
+        return kpts, fit
+    kpts = np.concatenate([kpts, np.repeat(kpts[-1:], extra, 0)])
+    if fit is not None:
+        fit = BodyFit(**{**fit.__dict__, **{n: np.concatenate([getattr(fit, n), np.repeat(getattr(fit, n)[-1:],
+                                                                                           extra, 0)])
+                                             for n in ("pose", "global_orient", "transl", "error_px")}})
+    return kpts, fit
+
+
+def motion_sample(reference: Reference, driving: DrivingMotion, kpts: np.ndarray, fit, stages: StageSet,
+                  names: list[str], pixel_frames: int) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The annotations of the aligned motion at the reference's size, by the build's stages, as a loader sample."""
+    from humanim.stages.blur import hand_motion
+    from humanim.stages.masks import unpack_masks
+
+    height, width = reference.image.shape[:2]
+    kpts, fit = pad_motion(kpts, fit, pixel_frames)
+    # The render, mask and noise stages read the frames' shape only: the aligned motion has no pixels yet.
+    shape_only = np.broadcast_to(np.zeros(3, np.uint8), (pixel_frames, height, width, 3))
+    clip = single_clip("animate", driving.source, shape_only, driving.fps)
+    clip.fields["kpts"] = kpts
+    if fit is not None:
+        clip.fields["body"] = fit.to_npz_bytes()
+    stages.run(clip, [n for n in names if n in ("masks", "render", "noise")], "aligned motion")
+    sample: dict[str, Any] = {"frames": clip.frames, "kpts": kpts, "ref_frame": reference.image,
+                              "ref_kpts": reference.kpts}
+    if "masks" in clip.fields:
+        sample["masks"] = unpack_masks(clip.fields["masks"], width)
+    if "blur" in names:
+        threshold = float(stages.build.section("blur")["threshold"])
+        motion = np.stack([hand_motion(kpts[:, part], threshold) for part in (LEFT_HAND, RIGHT_HAND)], 1)
+        sharpness, valid = pad_motion(driving.hand_sharpness, None, pixel_frames)[0], \
+            pad_motion(driving.hand_valid, None, pixel_frames)[0]
+        sample.update(hand_motion=np.where(valid[..., None], motion, np.nan), hand_sharpness=sharpness,
+                      hand_valid=valid)
+    for name in ("depth", "normal", "part"):
+        if name in clip.fields:
+            sample[name] = clip.fields[name]
+    if reference.face_embedding is not None:
+        sample["ref_face_embedding"] = reference.face_embedding
+    return sample, clip.fields.get("noise")
+
+
+def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: BuildConfig,
+            vae_layout: tuple[int, int, int], seed: int = 0, max_side: int | None = 512,
+            fps: float | None = None, max_frames: int | None = None, driving_side: int = 512,
+            log: Callable[[str], None] = lambda message: None) -> Prepared:
+    """Checks, stages, alignment and conditions: all of it before the checkpoint's models are loaded."""
+    from humanim.stages.shape_align import align_shape
+    from humanim.training.conditions import build_conditions
+    from humanim.training.inference import latent_frame_count
+
+    names, models = check_buildable(config, build, vae_layout)
+    spatial, temporal, _ = vae_layout
+    stages = StageSet(build, seed)
+    image = read_image(reference_path)
+    size = working_size(*image.shape[:2], spatial, max_side)
+    log(f"reference: {' '.join(n for n in names if n in ('pose', 'face', 'body'))} at {size[1]}x{size[0]}")
+    reference = annotate_reference(reference_path, image, stages, names, size)
+    log(f"motion: {' '.join(n for n in names if n in ('pose', 'blur', 'body'))}")
+    driving = load_motion(motion_spec, stages, names, fps, max_frames, driving_side)
+    if reference.fit is not None and driving.fit is not None:
+        model = stages.stage("body").model
+        fit = align_shape(reference.fit, driving.fit, model, *size)
+        kpts = aligned_keypoints(model, driving.fit, fit, driving.kpts)
+    else:
+        fit, kpts = None, align_keypoints_2d(reference.kpts, driving.kpts)
+    pixel_frames = (latent_frame_count(len(kpts), temporal) - 1) * temporal + 1
+    log(f"conditions: {', '.join(config.data.conditions) or 'none'} over {len(kpts)} frames")
+    sample, noise = motion_sample(reference, driving, kpts, fit, stages, names, pixel_frames)
+    if "identity" in config.data.conditions and "ref_face_embedding" not in sample:
+        raise AnimateInputError(f"reference image {reference_path}: the subject's face was not found, and the "
+                                f"checkpoint's identity condition needs its embedding")
+    conditions = build_conditions(sample, list(config.data.conditions))
+    return Prepared(conditions=conditions, noise=noise, reference=reference.image,
+                    original_size=reference.original_size, frames=len(driving.kpts), fps=driving.fps, kpts=kpts,
+                    driving=driving, stages=names, models=models)
+
+
+# Output --------------------------------------------------------------------------------------------------------
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float) -> Path:
+    """H.264 mp4 through the decode stage's encoder (frames padded to even sizes, as yuv420p needs)."""
+    from humanim.stages.decode import encode_h264, rgb_video_frames
+
+    height, width = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_h264(rgb_video_frames(frames), fps, crf=18, preset="veryfast", threads=1))
+    return path
+
+
+def side_by_side(prepared: Prepared, result: np.ndarray) -> np.ndarray:
+    """[T, H, 4 W, 3]: reference | driving video (or its skeleton) | aligned conditions | result, one height."""
+    from humanim.stages.skeleton import draw_skeleton
+
+    height, width = result.shape[1:3]
+
+    def fit_to(image: np.ndarray) -> np.ndarray:
+        scale = height / image.shape[0]
+        resized = cv2.resize(image, (max(1, round(image.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((height, width, 3), np.uint8)
+        shown = resized[:, :width]
+        left = (width - shown.shape[1]) // 2
+        canvas[:, left:left + shown.shape[1]] = shown
+        return canvas
+
+    reference = fit_to(cv2.resize(prepared.reference, (width, height), interpolation=cv2.INTER_AREA))
+    driving = prepared.driving
+    panels = []
+    renders = prepared.conditions.get("renders")
+    for t in range(len(result)):
+        if driving.frames is not None:
+            source = driving.frames[t]
+        else:
+            source = draw_skeleton(driving.kpts[t], driving.height, driving.width)
+        condition = draw_skeleton(prepared.kpts[t], *prepared.reference.shape[:2])
+        if renders is not None:  # the aligned body's normals under its skeleton
+            normal = (renders[1:4, t].transpose(1, 2, 0) * 255).astype(np.uint8)
+            condition = np.where(condition.any(-1, keepdims=True), condition, normal)
+        condition = cv2.resize(condition, (width, height), interpolation=cv2.INTER_AREA)
+        panels.append(np.concatenate([reference, fit_to(source), condition, result[t]], axis=1))
+    return np.stack(panels)
+
+
+def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path, build: BuildConfig,
+            sampler, device: str = "auto", max_side: int | None = 512, fps: float | None = None,
+            max_frames: int | None = None, side_by_side_path: Path | None = None, save_motion: Path | None = None,
+            progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole command; returns a summary (also written beside the video as OUT.json)."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from humanim.training.inference import checkpoint_config, decode, latent_frame_count, load_model, sample
+    from humanim.training.models import build_vae
+
+    sampler.check()
+    config = checkpoint_config(checkpoint)
+    vae = build_vae(config.model.vae)  # its strides and channels only; the weights load with the denoiser
+    layout = (vae.spatial_stride, vae.temporal_stride, vae.latent_channels)
+    prepared = prepare(reference_path, motion_spec, config, build, layout, sampler.seed, max_side, fps, max_frames,
+                       log=log)
+    if save_motion is not None:
+        prepared.driving.save(save_motion)
+        log(f"motion saved to {save_motion}")
+    model = load_model(checkpoint, device)
+    height, width = prepared.reference.shape[:2]
+    spatial, temporal, channels = layout
+    latent_frames = latent_frame_count(prepared.frames, temporal)
+    shape = (1, channels, latent_frames, height // spatial, width // spatial)
+    conditions = {name: torch.from_numpy(np.ascontiguousarray(value))[None]
+                  for name, value in prepared.conditions.items()}
+    noise = None if prepared.noise is None else torch.from_numpy(prepared.noise).float().permute(1, 0, 2, 3)[None]
+    reference = torch.from_numpy(prepared.reference).permute(2, 0, 1)[None].float() / 127.5 - 1
+    bar = Progress(TextColumn("[bold]denoise"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   disable=not progress)
+    with bar:
+        task = bar.add_task("denoise", total=sampler.steps)
+        latents = sample(model, conditions, shape, sampler, noise, reference,
+                         progress=lambda done, total: bar.update(task, completed=done))
+    frames = decode(model, latents).numpy()[:prepared.frames]
+    original_height, original_width = prepared.original_size
+    if (original_height, original_width) != (height, width):
+        frames = np.stack([cv2.resize(f, (original_width, original_height), interpolation=cv2.INTER_CUBIC)
+                           for f in frames])
+    write_video(out, frames, prepared.fps)
+    summary = {"out": str(out), "frames": int(len(frames)), "fps": prepared.fps,
+               "size": [int(original_height), int(original_width)], "working_size": [height, width],
+               "latent_frames": latent_frames, "stages": prepared.stages, "models": prepared.models,
+               "weights": model.weights,
+               "conditions": list(config.data.conditions), "articulated_noise": prepared.noise is not None,
+               "sampler": dict(sampler.__dict__), "checkpoint": str(checkpoint), "reference": str(reference_path),
+               "motion": motion_spec}
+    if side_by_side_path is not None:
+        working = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
+        write_video(side_by_side_path, side_by_side(prepared, working), prepared.fps)
+        summary["side_by_side"] = str(side_by_side_path)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return {**summary, "video": frames}
+
+
+__all__ = ["animate", "prepare", "check_buildable", "needed_stages", "DrivingMotion", "AnimateInputError",
+           "aligned_keypoints", "align_keypoints_2d"]
