@@ -1,15 +1,21 @@
 """Speed of the render maps and of the Anny body model, and the size of the maps in storage; prints a table.
 
-    PYTHONPATH=. python bench/render.py [--frames 32] [--size 512] [--device cpu]
+    PYTHONPATH=. python bench/render.py [--frames 32] [--size 512] [--device cpu] [--baseline OLD_RENDER.py]
 
-Frames are the Anny mesh in random poses, filling most of a square image, as seen by a camera 3 m in front.
+Two workloads of the Anny mesh filling most of a square image: a clip (the synthetic generator's motion at
+24 fps: what the render stage sees) and independent random poses per frame (the worst case for a BVH refitted
+from frame to frame). --baseline loads another version of humanim/stages/render.py (e.g. `git show
+HEAD:humanim/stages/render.py > /tmp/render_head.py`) and times it alternately with the current one in the same
+run, so both see the same load, and says whether their maps are identical.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -40,6 +46,23 @@ def posed_frames(model, frames: int, seed: int = 0) -> np.ndarray:
     with torch.no_grad():
         vertices = model.forward(torch.full((1, len(model.shape_names)), 0.5), pose, zeros, zeros).vertices
     return vertices.numpy() @ MODEL_TO_CAMERA.T + np.float32([0.0, 0.0, CAMERA_DISTANCE])
+
+
+def clip_frames(model, frames: int, size: int) -> tuple[np.ndarray, PinholeCamera]:
+    from humanim.synth.motion import random_motion
+
+    motion, camera = random_motion(model, frames, 24.0, seed=0, height=size, width=size)
+    with torch.no_grad():
+        vertices = model(motion.shape, motion.pose, motion.global_orient, motion.transl).vertices
+    return vertices.numpy(), camera
+
+
+def load_module(path: str):
+    spec = importlib.util.spec_from_file_location("render_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["render_baseline"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 
 def png_bytes(array: np.ndarray) -> int:
@@ -73,6 +96,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--baseline", help="another render.py to time alternately with the current one")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations (best of each)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per figure, as a worker would have
     rows: list[tuple[str, str, str]] = []
@@ -97,19 +122,32 @@ def main() -> None:
     rows.append(("mesh", f"{vertices.shape[1]} vertices, {faces.shape[0]} faces", ""))
 
     with wp.ScopedDevice(args.device):
-        points = [wp.array(frame, dtype=wp.vec3) for frame in vertices]
-        indices = wp.array(faces.reshape(-1), dtype=wp.int32)
-        build = seconds_per_call(lambda: [wp.Mesh(points=p, indices=indices) for p in points], 2) / args.frames
-    rows.append(("BVH build per frame (Warp's default constructor)", f"{build * 1e3:.2f}", "ms"))
-    for threads in (1, 2) if args.device == "cpu" else (1,):
-        total = seconds_per_call(lambda: render_maps(vertices, faces, camera, size, size, model.face_part,
-                                                     device=args.device, threads=threads), 2)
-        if threads == 1:
-            per_frame = total / args.frames
-            rows.append(("render_maps per frame, all maps (BVH build included)", f"{per_frame * 1e3:.2f}", "ms"))
-            rows.append(("  of which rays, normals, outputs (minus BVH build)", f"{(per_frame - build) * 1e3:.2f}",
-                         "ms"))
-        rows.append((f"render_maps {size}x{size}, threads={threads}", f"{args.frames / total:.1f}", "frames/s"))
+        points = wp.array(vertices[0], dtype=wp.vec3)
+        mesh = wp.Mesh(points=points, indices=wp.array(faces.reshape(-1), dtype=wp.int32))
+        build = seconds_per_call(lambda: wp.Mesh(points=points, indices=mesh.indices), 10)
+        refit = seconds_per_call(mesh.refit, 10)
+    rows.append(("BVH build / refit, one frame", f"{build * 1e3:.2f} / {refit * 1e3:.2f}", "ms"))
+    workloads = {"clip": clip_frames(model, args.frames, size), "random poses": (vertices, camera)}
+    versions = {"current": render_maps}
+    if args.baseline:
+        versions["baseline"] = load_module(args.baseline).render_maps
+    for workload, (frames, frame_camera) in workloads.items():
+        for threads in (1, 2) if args.device == "cpu" else (1,):
+            best: dict[str, float] = {}
+            for _ in range(args.rounds):  # alternately, so that every version sees the same load
+                for name, render in versions.items():
+                    total = seconds_per_call(lambda: render(frames, faces, frame_camera, size, size, model.face_part,
+                                                            device=args.device, threads=threads), 2)
+                    best[name] = min(best.get(name, np.inf), total)
+            figure = f"{args.frames / best['current']:.1f}"
+            if "baseline" in best:
+                figure += f" ({args.frames / best['baseline']:.1f} baseline, {best['baseline'] / best['current']:.2f}x)"
+            rows.append((f"render_maps {size}x{size}, {workload}, threads={threads}", figure, "frames/s"))
+        if "baseline" in versions:
+            new, old = (render(frames, faces, frame_camera, size, size, model.face_part, device=args.device)
+                        for render in versions.values())
+            same = all(np.array_equal(new[name], old[name]) for name in new)
+            rows.append((f"  {workload}: maps of current and baseline", "identical" if same else "DIFFER", ""))
 
     maps = render_maps(vertices[:1], faces, camera, size, size, model.face_part, device=args.device)
     rows.append(("body pixels in frame 0", f"{int(maps['silhouette'].sum()):,}", "px"))

@@ -3,14 +3,13 @@ save_pretrained and loaded back through build_vae / build_denoiser from a local 
 latent shapes, the trainer's denoising loss going down over a few steps, and clear errors."""
 from __future__ import annotations
 
+import diffusers  # in the dev extra: `make test` installs it
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers", reason="the diffusers adapters need diffusers: pip install -e .[diffusers]")
-
-from humanim.training import config as training_config  # noqa: E402
-from humanim.training.models import DiffusersDenoiser, DiffusersVAE, build_denoiser, build_vae  # noqa: E402
-from humanim.training.train import Trainer  # noqa: E402
+from humanim.training import config as training_config
+from humanim.training.models import DiffusersDenoiser, DiffusersVAE, build_denoiser, build_vae
+from humanim.training.train import Trainer
 
 FRAMES, SIZE, LATENT_CHANNELS, STRIDE = 4, 32, 4, 4  # latents [B, 4, 4, 8, 8]
 CONDITIONS = ["pose"]  # 3 channels, concatenated to the latents by the adapter: in_channels 4 + 3

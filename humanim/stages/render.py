@@ -33,6 +33,11 @@ from humanim.stages.base import Annotations, Clip, Resources, Stage
 
 # Rays stop at this z-depth (metres); anything further is background.
 MAX_DEPTH = 1.0e4
+# A BVH is built (SAH) every this many frames and refitted to the frames between: a refit costs about a
+# twentieth of a build (1 ms against 19 ms, Anny mesh, CPU) and bounds the same triangles, so the hits are the
+# same, but as the body moves the refitted boxes loosen and rays slow down. On a clip at 24 fps, rebuilding every
+# 4 frames gave 36 frames/s on one core, against 29 rebuilding every frame and 30 refitting only (docs/BENCHMARKS.md).
+REBUILD_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -116,31 +121,40 @@ MAP_LAYOUT = {
 
 def _render_frames(vertices: np.ndarray, faces: np.ndarray, face_label: np.ndarray, camera: PinholeCamera,
                    maps: dict[str, np.ndarray], device: str) -> None:
-    """Fill `maps` (background-filled, frames first) for vertices [T, V, 3] with one launch on `device`, over the
-    union of the frames' boxes."""
+    """Fill `maps` (background-filled, frames first) for vertices [T, V, 3] on `device`, one launch per frame over
+    that frame's box, with one BVH rebuilt every REBUILD_EVERY frames and refitted in between."""
     frames, height, width = maps["face_id"].shape
     boxes = screen_boxes(vertices, camera, height, width)
-    x_start, y_start = (max(int(boxes[:, k].min()), 0) for k in (0, 1))
-    x_stop, y_stop = (min(int(boxes[:, k].max()), limit - 1) + 1 for k, limit in ((2, width), (3, height)))
     on_cpu = wp.get_device(device).is_cpu
     with wp.ScopedDevice(device):
         points = wp.array(vertices, dtype=wp.vec3)
         face_array = wp.array(faces, dtype=wp.int32)
-        flat_indices = wp.array(faces.reshape(-1), dtype=wp.int32)
-        # Each frame's BVH over its own slice of `points`; the meshes must outlive the launch.
-        meshes = [wp.Mesh(points=points[t], indices=flat_indices) for t in range(frames)]
-        mesh_ids = wp.array([mesh.id for mesh in meshes], dtype=wp.uint64)
+        mesh_points = wp.array(vertices[0], dtype=wp.vec3)
+        mesh = wp.Mesh(points=mesh_points, indices=wp.array(faces.reshape(-1), dtype=wp.int32))
+        mesh_ids = wp.array([mesh.id], dtype=wp.uint64)
+        frame_boxes = wp.array(boxes, dtype=wp.int32)
+        labels = wp.array(face_label, dtype=wp.int32)
         vertex_normals = wp.zeros(vertices.shape[:2], dtype=wp.vec3)
         wp.launch(_accumulate_vertex_normals, dim=(frames, faces.shape[0]), inputs=[points, face_array],
                   outputs=[vertex_normals])
         # On CPU the kernel writes straight into the NumPy maps (no copy); on CUDA into device maps copied back.
         outputs = {name: wp.array(maps[name], dtype=MAP_LAYOUT[name][0], copy=not on_cpu) for name in MAP_LAYOUT}
-        if x_stop > x_start and y_stop > y_start:
-            wp.launch(_cast_rays, dim=(frames, y_stop - y_start, x_stop - x_start),
-                      inputs=[mesh_ids, wp.array(boxes, dtype=wp.int32), x_start, y_start, face_array, vertex_normals,
-                              wp.array(face_label, dtype=wp.int32), camera.fx, camera.fy, camera.cx, camera.cy,
-                              MAX_DEPTH],
-                      outputs=list(outputs.values()))
+        for t in range(frames):
+            x_start, y_start = max(int(boxes[t, 0]), 0), max(int(boxes[t, 1]), 0)
+            x_stop, y_stop = min(int(boxes[t, 2]), width - 1) + 1, min(int(boxes[t, 3]), height - 1) + 1
+            if x_stop <= x_start or y_stop <= y_start:
+                continue  # nothing of the body in this frame's image
+            if t:
+                wp.copy(mesh_points, points[t])
+                if t % REBUILD_EVERY == 0:
+                    mesh = wp.Mesh(points=mesh_points, indices=mesh.indices)
+                    mesh_ids = wp.array([mesh.id], dtype=wp.uint64)
+                else:
+                    mesh.refit()
+            wp.launch(_cast_rays, dim=(1, y_stop - y_start, x_stop - x_start),
+                      inputs=[mesh_ids, frame_boxes[t:t + 1], x_start, y_start, face_array, vertex_normals[t:t + 1],
+                              labels, camera.fx, camera.fy, camera.cx, camera.cy, MAX_DEPTH],
+                      outputs=[array[t:t + 1] for array in outputs.values()])
         if not on_cpu:
             for name, array in outputs.items():
                 maps[name][...] = array.numpy()
