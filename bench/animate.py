@@ -75,8 +75,9 @@ def main() -> None:
     print(f"device: {device}; torch threads {torch.get_num_threads()}; precision {args.precision}")
     print(f"backbone: 3D-conv denoiser, {parameters / 1e6:.1f} M parameters; {args.frames} frames at {side}x{side}, "
           f"{args.steps} steps, CFG, windows of {args.window} latent frames")
-    print(f"sampling {sampled:.2f} s, decoding {decoded:.2f} s: {per_frame:.3f} s per frame "
-          f"({per_frame / CHAMP_SECONDS_PER_FRAME:.2f}x Champ's {CHAMP_SECONDS_PER_FRAME} s on an A100)")
+    print(f"sampling {sampled:.2f} s ({sampled / args.frames / args.steps:.3f} s per frame per step), decoding "
+          f"{decoded:.2f} s: {per_frame:.3f} s per frame ({per_frame / CHAMP_SECONDS_PER_FRAME:.2f}x Champ's "
+          f"{CHAMP_SECONDS_PER_FRAME} s on an A100; comparable only at its step count and resolution, on a GPU)")
 
 
 if __name__ == "__main__":
