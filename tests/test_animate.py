@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from humanim.pipeline import config as build_config
-from humanim.pipeline.animate import (
-    AnimateInputError, DrivingMotion, aligned_keypoints, align_keypoints_2d, animate, project,
-)
+from humanim.pipeline.animate import AnimateInputError, DrivingMotion, animate
 from humanim.schemas.fields import decode_mp4
 from humanim.stages.decode import encode_h264, rgb_video_frames
 from humanim.training import inference
@@ -185,45 +183,6 @@ def test_load_model_takes_the_ema_weights(inputs, tmp_path):
     for name, value in loaded.denoiser.state_dict().items():
         torch.testing.assert_close(value, state["ema"][f"module.{name}"])
         assert not torch.equal(value, state["model"][name]) or not value.is_floating_point()
-
-
-# Alignment -----------------------------------------------------------------------------------------------------
-
-
-def test_the_skeleton_is_the_aligned_body_and_the_face_follows_the_head():
-    from humanim.schemas.keypoints import FACE
-    from humanim.stages.body_models import load_body_model
-    from humanim.stages.fit import BodyFit
-    from humanim.synth.motion import random_motion
-
-    model = load_body_model("anny")
-    motion, camera = random_motion(model, 3, FPS, seed=2, height=256, width=256)
-    driving = BodyFit("anny", motion.shape[0].numpy(), motion.pose.numpy(), motion.global_orient.numpy(),
-                      motion.transl.numpy(), np.array([camera.fx, camera.fy, camera.cx, camera.cy], np.float32),
-                      "frame_size", np.zeros(3, np.float32), 0)
-    kpts = np.concatenate([project(model, driving), np.ones((3, 133, 1))], -1).astype(np.float32)
-    kpts[:, FACE, :2] = kpts[:, :1, :2] + np.random.default_rng(0).normal(0, 5, (3, 68, 2))  # around the nose
-    kpts[0, 7, 2] = 0.1  # an unseen elbow stays unseen
-    np.testing.assert_allclose(aligned_keypoints(model, driving, driving, kpts), kpts, atol=1e-3)
-    moved = BodyFit(**{**driving.__dict__, "transl": driving.transl + np.array([0.2, 0.0, 0.5], np.float32)})
-    out = aligned_keypoints(model, driving, moved, kpts)
-    projected = project(model, moved)
-    np.testing.assert_allclose(out[:, model.keypoint_mask, :2], projected[:, model.keypoint_mask], atol=1e-4)
-    # Farther away: the face shrinks about the head as the head does.
-    head_scale = np.ptp(projected[:, :5, 0], 1) / np.ptp(kpts[:, :5, 0], 1)
-    face_scale = np.ptp(out[:, FACE, 0], 1) / np.ptp(kpts[:, FACE, 0], 1)
-    np.testing.assert_allclose(face_scale, head_scale, rtol=0.05)
-    assert out[0, 7, 2] == np.float32(0.1)
-
-
-def test_without_fits_the_skeleton_stands_where_the_reference_stands():
-    rng = np.random.default_rng(1)
-    driving = np.concatenate([rng.uniform(50, 150, (4, 133, 2)), np.ones((4, 133, 1))], -1).astype(np.float32)
-    reference = np.concatenate([rng.uniform(0, 300, (133, 2)), np.ones((133, 1))], -1).astype(np.float32)
-    out = align_keypoints_2d(reference, driving)
-    body, ref_body = out[0, :17, :2], reference[:17, :2]
-    np.testing.assert_allclose(np.ptp(body[:, 1]), np.ptp(ref_body[:, 1]), rtol=1e-5)
-    np.testing.assert_allclose((body.min(0) + body.max(0)) / 2, (ref_body.min(0) + ref_body.max(0)) / 2, atol=1e-3)
 
 
 # Bad inputs: a clear error before any model runs -------------------------------------------------------------

@@ -28,13 +28,12 @@ import numpy as np
 
 from humanim.pipeline.config import BuildConfig
 from humanim.pipeline.runner import StageRunner
-from humanim.schemas.keypoints import BODY, FACE, LEFT_HAND, RIGHT_HAND
+from humanim.schemas.keypoints import BODY, LEFT_HAND, RIGHT_HAND
 from humanim.stages.base import Clip, ClipSpec
 from humanim.training.config import TrainConfig
 
 KPT_THRESHOLD = 0.3  # a keypoint below this score counts as unseen, as in the pose and mask stages
 MIN_BODY_KEYPOINTS = 6  # confident body keypoints (of 17) an image needs to hold a person
-HEAD_ANCHORS = np.arange(0, 5)  # nose, eyes, ears: what the 68 face points follow
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
 
@@ -356,69 +355,6 @@ def trim_motion(motion: DrivingMotion, count: int) -> DrivingMotion:
                          None if motion.frames is None else motion.frames[cut], motion.source)
 
 
-# Alignment -----------------------------------------------------------------------------------------------------
-
-
-def project(model, fit) -> np.ndarray:
-    """[T, 133, 2] pixel positions of the fit's whole-body keypoints (rows the model lacks are meaningless)."""
-    import torch
-
-    as_tensor = {"dtype": torch.float32, "device": model.device}
-    with torch.no_grad():
-        points = model.keypoints_only(torch.as_tensor(fit.shape, **as_tensor)[None],
-                                      *(torch.as_tensor(getattr(fit, n), **as_tensor)
-                                        for n in ("pose", "global_orient", "transl"))).cpu().numpy()
-    fx, fy, cx, cy = (float(v) for v in fit.camera)
-    depth = np.maximum(points[..., 2], 0.1)
-    return np.stack([points[..., 0] / depth * fx + cx, points[..., 1] / depth * fy + cy], -1)
-
-
-def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Scale s, rotation R [2, 2] and shift t with target ~ s R source + t, least squares (Umeyama)."""
-    source_mean, target_mean = source.mean(0), target.mean(0)
-    a, b = source - source_mean, target - target_mean
-    u, singular, vt = np.linalg.svd(b.T @ a)
-    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
-    rotation = u @ sign @ vt
-    scale = float((singular * np.diag(sign)).sum() / max((a ** 2).sum(), 1e-9))
-    return scale, rotation, target_mean - scale * rotation @ source_mean
-
-
-def aligned_keypoints(model, driving, aligned, driving_kpts: np.ndarray) -> np.ndarray:
-    """The skeleton of the aligned fit: its projected keypoints where the body model defines them, the face
-    points carried by the head's similarity, and the driving detection's scores (unseen stays unseen)."""
-    before, after = project(model, driving), project(model, aligned)
-    out = np.array(driving_kpts, dtype=np.float32, copy=True)
-    defined = model.keypoint_mask
-    out[:, defined, :2] = after[:, defined]
-    if not defined[FACE].all():
-        for t in range(len(out)):
-            scale, rotation, shift = similarity(before[t, HEAD_ANCHORS], after[t, HEAD_ANCHORS])
-            face = np.nan_to_num(driving_kpts[t, FACE, :2])
-            out[t, FACE, :2] = face @ (scale * rotation).T + shift
-    out[..., 2] = np.nan_to_num(out[..., 2])
-    return out
-
-
-def align_keypoints_2d(reference_kpts: np.ndarray, driving_kpts: np.ndarray) -> np.ndarray:
-    """Without body fits: the driving skeleton scaled to the reference's height and moved onto it (its first
-    confident frame stands where the reference stands); later frames keep the driving motion, scaled."""
-    def box(points: np.ndarray) -> tuple[np.ndarray, float]:
-        seen = points[np.nan_to_num(points[:, 2]) >= KPT_THRESHOLD, :2]
-        return (seen.min(0) + seen.max(0)) / 2, float(np.ptp(seen[:, 1]))
-
-    body = driving_kpts[:, BODY]
-    first = next(t for t in range(len(body)) if (np.nan_to_num(body[t, :, 2]) >= KPT_THRESHOLD).sum()
-                 >= MIN_BODY_KEYPOINTS)
-    driving_centre, driving_height = box(body[first])
-    reference_centre, reference_height = box(reference_kpts[BODY])
-    scale = reference_height / max(driving_height, 1e-6)
-    out = np.array(driving_kpts, dtype=np.float32, copy=True)
-    out[..., :2] = (out[..., :2] - driving_centre) * scale + reference_centre
-    out[..., 2] = np.nan_to_num(out[..., 2])
-    return out
-
-
 # Conditions ----------------------------------------------------------------------------------------------------
 
 
@@ -492,7 +428,7 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
             fps: float | None = None, max_frames: int | None = None, driving_side: int = 512,
             log: Callable[[str], None] = lambda message: None) -> Prepared:
     """Checks, stages, alignment and conditions: all of it before the checkpoint's models are loaded."""
-    from humanim.stages.shape_align import align_shape
+    from humanim.stages.shape_align import align_keypoints_2d, align_shape, aligned_keypoints
     from humanim.training.conditions import build_conditions
     from humanim.training.inference import latent_frame_count
 
@@ -510,7 +446,7 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
         fit = align_shape(reference.fit, driving.fit, model, *size)
         kpts = aligned_keypoints(model, driving.fit, fit, driving.kpts)
     else:
-        fit, kpts = None, align_keypoints_2d(reference.kpts, driving.kpts)
+        fit, kpts = None, align_keypoints_2d(reference.kpts, driving.kpts, KPT_THRESHOLD, MIN_BODY_KEYPOINTS)
     pixel_frames = (latent_frame_count(len(kpts), temporal) - 1) * temporal + 1
     log(f"conditions: {', '.join(config.data.conditions) or 'none'} over {len(kpts)} frames")
     sample, noise = motion_sample(reference, driving, kpts, fit, stages, names, pixel_frames)
@@ -575,10 +511,9 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
             max_frames: int | None = None, side_by_side_path: Path | None = None, save_motion: Path | None = None,
             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole command; returns a summary (also written beside the video as OUT.json)."""
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from humanim.training.inference import checkpoint_config, decode, latent_frame_count, load_model, sample
+    from humanim.training.inference import checkpoint_config, generate, latent_frame_count, load_model
     from humanim.training.models import build_vae
 
     sampler.check()
@@ -591,26 +526,20 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
         prepared.driving.save(save_motion)
         log(f"motion saved to {save_motion}")
     model = load_model(checkpoint, device)
-    height, width = prepared.reference.shape[:2]
-    spatial, temporal, channels = layout
-    latent_frames = latent_frame_count(prepared.frames, temporal)
-    shape = (1, channels, latent_frames, height // spatial, width // spatial)
-    conditions = {name: torch.from_numpy(np.ascontiguousarray(value))[None]
-                  for name, value in prepared.conditions.items()}
-    noise = None if prepared.noise is None else torch.from_numpy(prepared.noise).float().permute(1, 0, 2, 3)[None]
-    reference = torch.from_numpy(prepared.reference).permute(2, 0, 1)[None].float() / 127.5 - 1
     bar = Progress(TextColumn("[bold]denoise"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)
     with bar:
         task = bar.add_task("denoise", total=sampler.steps)
-        latents = sample(model, conditions, shape, sampler, noise, reference,
-                         progress=lambda done, total: bar.update(task, completed=done))
-    frames = decode(model, latents).numpy()[:prepared.frames]
+        working = generate(model, prepared.conditions, prepared.reference, prepared.frames, sampler, prepared.noise,
+                           progress=lambda done, total: bar.update(task, completed=done))
+    height, width = prepared.reference.shape[:2]
     original_height, original_width = prepared.original_size
+    frames = working
     if (original_height, original_width) != (height, width):
         frames = np.stack([cv2.resize(f, (original_width, original_height), interpolation=cv2.INTER_CUBIC)
-                           for f in frames])
+                           for f in working])
     write_video(out, frames, prepared.fps)
+    latent_frames = latent_frame_count(prepared.frames, layout[1])
     summary = {"out": str(out), "frames": int(len(frames)), "fps": prepared.fps,
                "size": [int(original_height), int(original_width)], "working_size": [height, width],
                "latent_frames": latent_frames, "stages": prepared.stages, "models": prepared.models,
@@ -619,12 +548,10 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
                "sampler": dict(sampler.__dict__), "checkpoint": str(checkpoint), "reference": str(reference_path),
                "motion": motion_spec}
     if side_by_side_path is not None:
-        working = np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
         write_video(side_by_side_path, side_by_side(prepared, working), prepared.fps)
         summary["side_by_side"] = str(side_by_side_path)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     return {**summary, "video": frames}
 
 
-__all__ = ["animate", "prepare", "check_buildable", "needed_stages", "DrivingMotion", "AnimateInputError",
-           "aligned_keypoints", "align_keypoints_2d"]
+__all__ = ["animate", "prepare", "check_buildable", "needed_stages", "DrivingMotion", "AnimateInputError"]

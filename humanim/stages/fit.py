@@ -520,9 +520,9 @@ def fit_clip(keypoints: np.ndarray, height: int, width: int, model: BodyModel,
     return fit
 
 
-def reprojection_error(model: BodyModel, fit: BodyFit, keypoints: np.ndarray, score_threshold: float) -> np.ndarray:
-    """[T] float32: per frame, the mean pixel distance between the fit's projected keypoints and the confident
-    keypoints [T, 133, 3] the model defines; NaN in frames with none."""
+def projected_keypoints(model: BodyModel, fit: BodyFit) -> np.ndarray:
+    """[T, 133, 2] pixel positions of the fit's whole-body keypoints (rows outside model.keypoint_mask are
+    meaningless)."""
     as_tensor = {"dtype": torch.float32, "device": model.device}
     with torch.no_grad():
         points = model.keypoints_only(torch.as_tensor(fit.shape, **as_tensor)[None],
@@ -531,7 +531,13 @@ def reprojection_error(model: BodyModel, fit: BodyFit, keypoints: np.ndarray, sc
                                       torch.as_tensor(fit.transl, **as_tensor)).cpu().numpy()
     fx, fy, cx, cy = (float(v) for v in fit.camera)
     depth = np.maximum(points[..., 2], MIN_DEPTH)
-    pixels = np.stack([points[..., 0] / depth * fx + cx, points[..., 1] / depth * fy + cy], -1)
+    return np.stack([points[..., 0] / depth * fx + cx, points[..., 1] / depth * fy + cy], -1)
+
+
+def reprojection_error(model: BodyModel, fit: BodyFit, keypoints: np.ndarray, score_threshold: float) -> np.ndarray:
+    """[T] float32: per frame, the mean pixel distance between the fit's projected keypoints and the confident
+    keypoints [T, 133, 3] the model defines; NaN in frames with none."""
+    pixels = projected_keypoints(model, fit)
     keypoints = np.asarray(keypoints, dtype=np.float32)
     counted = (np.isfinite(keypoints).all(-1) & (keypoints[..., 2] >= score_threshold)
                & model.keypoint_mask[None])

@@ -8,15 +8,23 @@ box (same centre, same height) in the reference's camera. Later frames keep the 
 relative to frame 0: sideways and vertical motion scaled by the ratio of the two bodies' sizes (a shorter person
 takes shorter steps), depth motion by the ratio of the two frame-0 distances (so the body grows or shrinks in
 the frame in the same proportion as in the driving clip).
+
+The skeleton of the aligned motion (`aligned_keypoints`) is the aligned body's projected keypoints, with the
+driving detection's scores; the 68 face points, which the body models do not define, follow the head by the
+similarity that maps the driving head's points onto the aligned head's. Without body fits,
+`align_keypoints_2d` scales and moves the driving skeleton so that its first frame stands where and as tall as
+the reference's.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from humanim.schemas.keypoints import BODY, FACE
 from humanim.stages.body_models import BodyModel
-from humanim.stages.fit import MIN_DEPTH, BodyFit
+from humanim.stages.fit import MIN_DEPTH, BodyFit, projected_keypoints
 
+HEAD_ANCHORS = np.arange(0, 5)  # nose, eyes, ears: what the 68 face points follow
 BOX_ITERATIONS = 8  # fixed-point steps that place frame 0; each shrinks the box mismatch about tenfold
 
 
@@ -76,3 +84,53 @@ def align_shape(reference: BodyFit, driving: BodyFit, model: BodyModel, height: 
         global_orient=np.asarray(driving.global_orient, np.float32).copy(),
         transl=aligned_transl.astype(np.float32), camera=np.asarray(reference.camera, np.float32).copy(),
         focal_source=reference.focal_source, error_px=np.full(frames, np.nan, np.float32), iterations=0)
+
+
+# The skeleton of an aligned motion ---------------------------------------------------------------------------
+
+
+def similarity(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Scale s, rotation R [2, 2] and shift t with target ~ s R source + t, least squares (Umeyama)."""
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    a, b = source - source_mean, target - target_mean
+    u, singular, vt = np.linalg.svd(b.T @ a)
+    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt)) or 1.0])
+    rotation = u @ sign @ vt
+    scale = float((singular * np.diag(sign)).sum() / max((a ** 2).sum(), 1e-9))
+    return scale, rotation, target_mean - scale * rotation @ source_mean
+
+
+def aligned_keypoints(model, driving, aligned, driving_kpts: np.ndarray) -> np.ndarray:
+    """The skeleton of the aligned fit: its projected keypoints where the body model defines them, the face
+    points carried by the head's similarity, and the driving detection's scores (unseen stays unseen)."""
+    before, after = projected_keypoints(model, driving), projected_keypoints(model, aligned)
+    out = np.array(driving_kpts, dtype=np.float32, copy=True)
+    defined = model.keypoint_mask
+    out[:, defined, :2] = after[:, defined]
+    if not defined[FACE].all():
+        for t in range(len(out)):
+            scale, rotation, shift = similarity(before[t, HEAD_ANCHORS], after[t, HEAD_ANCHORS])
+            face = np.nan_to_num(driving_kpts[t, FACE, :2])
+            out[t, FACE, :2] = face @ (scale * rotation).T + shift
+    out[..., 2] = np.nan_to_num(out[..., 2])
+    return out
+
+
+def align_keypoints_2d(reference_kpts: np.ndarray, driving_kpts: np.ndarray, threshold: float = 0.3,
+                       min_body_keypoints: int = 6) -> np.ndarray:
+    """Without body fits: the driving skeleton scaled to the reference's height and moved onto it (its first
+    confident frame stands where the reference stands); later frames keep the driving motion, scaled."""
+    def box(points: np.ndarray) -> tuple[np.ndarray, float]:
+        seen = points[np.nan_to_num(points[:, 2]) >= threshold, :2]
+        return (seen.min(0) + seen.max(0)) / 2, float(np.ptp(seen[:, 1]))
+
+    body = driving_kpts[:, BODY]
+    first = next(t for t in range(len(body)) if (np.nan_to_num(body[t, :, 2]) >= threshold).sum()
+                 >= min_body_keypoints)
+    driving_centre, driving_height = box(body[first])
+    reference_centre, reference_height = box(reference_kpts[BODY])
+    scale = reference_height / max(driving_height, 1e-6)
+    out = np.array(driving_kpts, dtype=np.float32, copy=True)
+    out[..., :2] = (out[..., :2] - driving_centre) * scale + reference_centre
+    out[..., 2] = np.nan_to_num(out[..., 2])
+    return out

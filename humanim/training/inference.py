@@ -26,6 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -264,6 +265,22 @@ def sample(model: LoadedModel, conditions: dict[str, Tensor], latent_shape: tupl
     return x
 
 
+def generate(model: LoadedModel, conditions: dict[str, np.ndarray], reference: np.ndarray, frames: int,
+             sampler: SamplerConfig, articulated_noise: np.ndarray | None = None, progress=None) -> np.ndarray:
+    """uint8 frames [frames, H, W, 3] of one video at the reference image's size, from numpy inputs:
+    conditions as training.conditions draws them (per-frame maps over whole latent frames), the reference image
+    [H, W, 3] uint8, and the noise stage's articulated noise [T', C, h, w] or None."""
+    height, width = reference.shape[:2]
+    spatial, temporal = model.vae.spatial_stride, model.vae.temporal_stride
+    shape = (1, model.vae.latent_channels, latent_frame_count(frames, temporal), height // spatial, width // spatial)
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(value))[None] for name, value in conditions.items()}
+    noise = None if articulated_noise is None else \
+        torch.from_numpy(articulated_noise).float().permute(1, 0, 2, 3)[None]  # stored [T', C, h, w]
+    image = torch.from_numpy(reference).permute(2, 0, 1)[None].float() / 127.5 - 1
+    latents = sample(model, tensors, shape, sampler, noise, image, progress)
+    return decode(model, latents).numpy()[:frames]
+
+
 @torch.no_grad()
 def decode(model: LoadedModel, latents: Tensor) -> Tensor:
     """Latents -> uint8 frames [T, H, W, 3] on the CPU."""
@@ -273,4 +290,4 @@ def decode(model: LoadedModel, latents: Tensor) -> Tensor:
 
 
 __all__ = ["SamplerConfig", "LoadedModel", "checkpoint_config", "load_model", "window_plan", "condition_window",
-           "latent_frame_count", "noise_levels", "guided_prediction", "initial_latents", "sample", "decode"]
+           "latent_frame_count", "noise_levels", "guided_prediction", "initial_latents", "sample", "generate", "decode"]
