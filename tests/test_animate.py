@@ -185,6 +185,18 @@ def test_load_model_takes_the_ema_weights(inputs, tmp_path):
         assert not torch.equal(value, state["model"][name]) or not value.is_floating_point()
 
 
+def test_the_driving_video_is_resampled_cut_and_scaled_as_asked(inputs):
+    from humanim.pipeline.animate import StageSet, driving_frames
+
+    root, _, build = inputs
+    clip, rate = driving_frames(root / "driving.mp4", fps=FPS / 2, max_frames=None, max_side=128,
+                                stages=StageSet(build, 0))
+    assert rate == FPS / 2 and clip.spec.source_frame_indices == tuple(range(0, DRIVE_FRAMES, 2))
+    assert clip.frames.shape == (DRIVE_FRAMES // 2, 128, 128, 3)
+    clip, rate = driving_frames(root / "driving.mp4", fps=None, max_frames=5, max_side=512, stages=StageSet(build, 0))
+    assert rate == FPS and clip.frames.shape == (5, DRIVE_SIDE, DRIVE_SIDE, 3)
+
+
 # Bad inputs: a clear error before any model runs -------------------------------------------------------------
 
 

@@ -141,10 +141,10 @@ def single_clip(key: str, source: str, frames: np.ndarray, fps: float) -> Clip:
 
 
 def require_person(kpts: np.ndarray, what: str) -> None:
-    """Every frame of `kpts` [T, 133, 3] must hold enough confident body keypoints (else AnimateInputError)."""
+    """Some frame of `kpts` [T, 133, 3] must hold enough confident body keypoints (else AnimateInputError); the
+    pose stage itself rejects a clip whose subject is lost in too many frames."""
     confident = (np.nan_to_num(kpts[:, BODY, 2]) >= KPT_THRESHOLD).sum(axis=1)
-    empty = np.flatnonzero(confident < MIN_BODY_KEYPOINTS)
-    if len(empty) == len(kpts):
+    if not (confident >= MIN_BODY_KEYPOINTS).any():
         raise AnimateInputError(f"{what}: no person found (fewer than {MIN_BODY_KEYPOINTS} confident body "
                                 f"keypoints in every frame)")
 
@@ -258,7 +258,7 @@ def driving_frames(path: Path, fps: float | None, max_frames: int | None, max_si
     rate = float(fps or info.average_fps)
     if fps:  # the nearest source frame at each target time
         targets = np.arange(0, info.duration - 1e-9, 1 / rate)
-        picked = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
+        picked = np.abs(times[None, :] - targets[:, None]).argmin(axis=1)
     else:
         picked = np.arange(len(times))
     picked = picked[:max_frames] if max_frames else picked
