@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -37,10 +38,11 @@ def person(rng: np.random.Generator, camera, box) -> dict:
             "camera": np.asarray(camera, np.float32), "box": np.asarray(box, np.float32)}
 
 
-@pytest.fixture()
-def results_file(tmp_path):
+@pytest.fixture(params=["joblib", "pickle"])
+def results_file(tmp_path, request):
     """Two people over frames 10-15 of a 1280 x 720 video: track 3 stands in the middle of the crop, track 8 at
-    the frame's left edge, outside it; track 3 is missed in frame 13."""
+    the frame's left edge, outside it; track 3 is missed in frame 13. Written as PHALP writes it (joblib.dump,
+    compress=3), and as a plain pickle."""
     rng = np.random.default_rng(0)
     results = {}
     for time in range(10, 16):
@@ -49,8 +51,11 @@ def results_file(tmp_path):
             people[3] = person(rng, [0.1 * (time - 10), 0.2, 25.0], [560, 150, 160, 450])
         results[f"outputs/_DEMO/clip/img/{time + 1:06d}.jpg"] = tracked_frame(time, people)
     path = tmp_path / "demo_dance.pkl"
-    with open(path, "wb") as file:
-        pickle.dump(results, file)
+    if request.param == "joblib":
+        joblib.dump(results, path, compress=3)
+    else:
+        with open(path, "wb") as file:
+            pickle.dump(results, file)
     return path, results
 
 

@@ -1,7 +1,6 @@
 """SMPL parameters from 4D-Humans (HMR 2.0 tracked by PHALP, its `track.py`) instead of fitting.
 
-The tracker writes one pickle per video (joblib's format, which wraps numpy arrays in pickle; written
-`outputs/results/demo_<video>.pkl`): a dict from frame name to that frame's results, each a dict of lists with
+The tracker writes one pickle per video with joblib.dump, compressed (`outputs/results/demo_<video>.pkl`): a dict from frame name to that frame's results, each a dict of lists with
 one entry per tracked person, aligned with its `tracked_ids`:
 - `smpl`: {"global_orient": [1, 3, 3], "body_pose": [23, 3, 3] rotation matrices, "betas": [10]};
 - `camera`: [3] the translation that puts the posed SMPL body (transl 0) into the camera frame;
@@ -48,25 +47,19 @@ class PersonTrack:
 
 
 def load_tracking_results(path: str | Path) -> dict:
-    """The tracker's pickle (joblib's format when joblib is installed, a plain pickle otherwise). Only for files
-    you trust: unpickling can run code."""
+    """The tracker's pickle, through joblib (PHALP writes it with joblib.dump, compressed; joblib reads plain
+    pickles too). Only for files you trust: unpickling can run code."""
+    import joblib
+
     path = Path(path)
     try:
-        import joblib
-    except ModuleNotFoundError:
-        joblib = None
-    try:
-        if joblib is not None:
-            results = joblib.load(path)
-        else:
-            with open(path, "rb") as file:
-                results = pickle.load(file)
+        results = joblib.load(path)
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError) as error:
         raise TrackingFormatError(f"{path} is not a readable tracking pickle ({error}); expected the "
                                   f"outputs/results/demo_<video>.pkl that 4D-Humans' track.py writes") from error
     except ModuleNotFoundError as error:
-        raise TrackingFormatError(f"{path} needs the {error.name!r} package to unpickle (joblib writes arrays "
-                                  f"in its own format: pip install joblib)") from error
+        raise TrackingFormatError(f"{path} holds objects of module {error.name!r}, which is not installed here: "
+                                  f"install it, or re-save the results as plain arrays and lists") from error
     if not isinstance(results, dict) or not results or not all(isinstance(v, dict) for v in results.values()):
         raise TrackingFormatError(f"{path} holds a {type(results).__name__}, not 4D-Humans tracking output: expected "
                                   f"a dict from frame name to a dict with tracked_ids, smpl and camera lists")
