@@ -1,7 +1,8 @@
 """SMPL parameters from 4D-Humans (HMR 2.0 tracked by PHALP, its `track.py`) instead of fitting.
 
-The tracker writes one pickle per video with joblib.dump, compressed (`outputs/results/demo_<video>.pkl`): a dict from frame name to that frame's results, each a dict of lists with
-one entry per tracked person, aligned with its `tracked_ids`:
+The tracker writes one pickle per video with joblib.dump, compressed (`outputs/results/demo_<video>.pkl`): a
+dict from frame name to that frame's results, each a dict of lists with one entry per tracked person, aligned
+with its `tracked_ids` (the layout that PHALP's users document, `tid`, `bbox`, `size` and features beside):
 - `smpl`: {"global_orient": [1, 3, 3], "body_pose": [23, 3, 3] rotation matrices, "betas": [10]};
 - `camera`: [3] the translation that puts the posed SMPL body (transl 0) into the camera frame;
 - `tracked_bbox` (else `bbox`): [x0, y0, w, h] in source pixels;
