@@ -87,9 +87,9 @@ def test_the_demo_report_of_the_noise_sees_a_standard_normal_field_carried_by_th
 
 
 def test_animate_drives_a_reference_with_a_shard_sample(body_build, tmp_path):
-    """`humanim animate --motion BUILD#KEY` with no --config: the build's recorded config annotates the reference,
-    the sample's own fit and keypoints drive it, and Wan's latent layout (4 frames per latent) is sampled
-    through the trainer's tiny model."""
+    """`humanim animate --motion KEY` with no --config: the key is looked up in the checkpoint's training shards,
+    the build's recorded config annotates the reference, the sample's own fit and keypoints drive it, and Wan's
+    latent layout (4 frames per latent) is sampled through the trainer's tiny model."""
     import cv2
     from click.testing import CliRunner
 
@@ -110,7 +110,7 @@ def test_animate_drives_a_reference_with_a_shard_sample(body_build, tmp_path):
                   "vae": {"kind": "tiny", "latent_channels": 16, "temporal_stride": 4}}})
     checkpoint = save_checkpoint(tmp_path / "wan-tiny.pt", Trainer(config).state_dict())
     result = CliRunner().invoke(main, [
-        "animate", "--ref", str(tmp_path / "reference.png"), "--motion", f"{out}#{row['key']}",
+        "animate", "--ref", str(tmp_path / "reference.png"), "--motion", row["key"],
         "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out.mp4"), "--steps", "2", "--device", "cpu",
         "--save-motion", str(tmp_path / "motion.npz")])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -118,8 +118,15 @@ def test_animate_drives_a_reference_with_a_shard_sample(body_build, tmp_path):
     assert decode_mp4((tmp_path / "out.mp4").read_bytes()).shape == (FRAMES, 200, 160, 3)
     summary = json.loads((tmp_path / "out.json").read_text())
     assert summary["latent_frames"] == 3 and summary["articulated_noise"]
-    from humanim.pipeline.animate import DrivingMotion
+    from humanim.pipeline.animate import AnimateInputError, DrivingMotion, load_motion, shard_sample
 
     motion = DrivingMotion.load(tmp_path / "motion.npz")
     np.testing.assert_array_equal(motion.kpts, sample["kpts"])
     assert motion.fps == FPS and (motion.height, motion.width) == (SIZE, SIZE)
+    # The same sample read by scanning shards (no manifest), and a key that is not there.
+    scanned = shard_sample(str(out / "shards" / "*.tar"), row["key"])
+    np.testing.assert_array_equal(scanned.kpts, sample["kpts"])
+    np.testing.assert_array_equal(scanned.fit.pose, motion.fit.pose)
+    missing = row["key"][:-5] + "99999"
+    with pytest.raises(AnimateInputError, match=f"no sample '{missing}' in {out}"):
+        load_motion(missing, None, ["pose"], None, None, 512, [str(out)])

@@ -291,46 +291,65 @@ def annotate_driving_video(path: Path, stages: StageSet, names: list[str], fps: 
                          hand_valid=clip.fields.get("hand_valid"), frames=clip.frames, source=str(path))
 
 
-def shard_sample(spec: str) -> DrivingMotion:
-    """`BUILD_OR_SHARD#KEY`: the motion of one sample of built shards."""
+def motion_of_sample(sample: dict, source: str) -> DrivingMotion:
+    """The motion fields of a decoded shard sample."""
+    from humanim.stages.fit import BodyFit
+
+    meta = sample["meta"]
+    return DrivingMotion(kpts=sample["kpts"], height=int(meta["height"]), width=int(meta["width"]),
+                         fps=float(meta["fps"]), fit=BodyFit.from_arrays(sample["body"]) if "body" in sample else None,
+                         hand_sharpness=sample.get("hand_sharpness"), hand_valid=sample.get("hand_valid"),
+                         frames=sample.get("frames"), source=source)
+
+
+def shard_sample(location: str, key: str) -> DrivingMotion | None:
+    """Sample `key` of a build folder (found through its manifest) or of shards named as the loader names them
+    (a .tar, a glob, a URL: read until the key turns up); None where it is not there."""
+    from humanim.pipeline.contact_sheet import read_sample
+
+    folder = Path(location)
+    if (folder / "manifest.parquet").is_file():
+        try:
+            return motion_of_sample(read_sample(folder, key), f"{location}#{key}")
+        except KeyError:
+            return None
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     from humanim.schemas.fields import FIELDS
-    from humanim.stages.fit import BodyFit
     from humanim.training.data import decode_sample, open_shard, shard_urls
 
-    location, key = spec.rsplit("#", 1)
     for url in shard_urls(location):
         for raw in group_by_keys(tar_file_expander([{"url": url, "stream": open_shard(url)}])):
-            if raw["__key__"] != key:
-                continue
-            names = [n for n in ("kpts", "body", "hand_sharpness", "hand_valid", "frames", "meta")
-                     if FIELDS[n].ext in raw]
-            sample = decode_sample(raw, names)
-            meta = sample["meta"]
-            frames = sample.get("frames")
-            return DrivingMotion(kpts=sample["kpts"], height=int(meta["height"]), width=int(meta["width"]),
-                                 fps=float(meta["fps"]),
-                                 fit=BodyFit.from_npz_bytes(raw[FIELDS["body"].ext]) if "body" in sample else None,
-                                 hand_sharpness=sample.get("hand_sharpness"), hand_valid=sample.get("hand_valid"),
-                                 frames=frames, source=spec)
-    raise AnimateInputError(f"no sample {key!r} in the shards of {location}")
+            if raw["__key__"] == key:
+                names = [n for n in ("kpts", "body", "hand_sharpness", "hand_valid", "frames", "meta")
+                         if FIELDS[n].ext in raw]
+                return motion_of_sample(decode_sample(raw, names), f"{location}#{key}")
+    return None
 
 
 def load_motion(spec: str, stages: StageSet, names: list[str], fps: float | None, max_frames: int | None,
-                max_side: int) -> DrivingMotion:
+                max_side: int, shards: list[str] = ()) -> DrivingMotion:
+    """--motion: a motion file, `BUILD_OR_SHARD#KEY`, a bare clip key (looked up in `shards`, the checkpoint's
+    training shards), or a video."""
+    from humanim.schemas.keys import KEY_PATTERN
+
     path = Path(spec)
     if path.suffix == ".npz" and path.is_file():
         motion = DrivingMotion.load(path)
-    elif "#" in spec and not path.exists():
-        motion = shard_sample(spec)
+    elif not path.exists() and ("#" in spec or KEY_PATTERN.match(spec)):
+        locations, key = ([spec.rsplit("#", 1)[0]], spec.rsplit("#", 1)[1]) if "#" in spec else (list(shards), spec)
+        motion = next((m for m in (shard_sample(location, key) for location in locations) if m is not None), None)
+        if motion is None:
+            raise AnimateInputError(f"--motion {spec}: no sample {key!r} in {', '.join(locations) or 'no shards'}"
+                                    + ("" if "#" in spec else " (the checkpoint's training shards)"))
     elif path.is_file():
         if path.suffix.lower() not in VIDEO_SUFFIXES:
             raise AnimateInputError(f"--motion {spec}: not a video ({', '.join(sorted(VIDEO_SUFFIXES))}), a motion "
-                                    f"file (.npz) or a shard sample (BUILD#KEY)")
+                                    f"file (.npz) or a shard sample (BUILD#KEY, or a clip key of the checkpoint's "
+                                    f"shards)")
         return annotate_driving_video(path, stages, names, fps, max_frames, max_side)
     else:
-        raise AnimateInputError(f"--motion {spec}: no such file (a video, a motion .npz, or BUILD#KEY)")
+        raise AnimateInputError(f"--motion {spec}: no such file (a video, a motion .npz, BUILD#KEY or a clip key)")
     require_person(motion.kpts, f"motion {spec}")
     lacking = motion.missing([n for n in names if n in ("blur", "body")])
     if lacking:
@@ -440,7 +459,7 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
     log(f"reference: {' '.join(n for n in names if n in ('pose', 'face', 'body'))} at {size[1]}x{size[0]}")
     reference = annotate_reference(reference_path, image, stages, names, size)
     log(f"motion: {' '.join(n for n in names if n in ('pose', 'blur', 'body'))}")
-    driving = load_motion(motion_spec, stages, names, fps, max_frames, driving_side)
+    driving = load_motion(motion_spec, stages, names, fps, max_frames, driving_side, config.data.shards)
     if reference.fit is not None and driving.fit is not None:
         model = stages.stage("body").model
         fit = align_shape(reference.fit, driving.fit, model, *size)

@@ -125,9 +125,13 @@ class BodyFit:
     @classmethod
     def from_npz_bytes(cls, data: bytes) -> "BodyFit":
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in cls.ARRAYS}
-            return cls(model=str(archive["model"]), focal_source=str(archive["focal_source"]),
-                       iterations=int(archive["iterations"]), **arrays)
+            return cls.from_arrays({name: archive[name] for name in archive.files})
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "BodyFit":
+        """From the npz's entries by name (as the registry decodes the `body` field)."""
+        return cls(model=str(arrays["model"]), focal_source=str(arrays["focal_source"]),
+                   iterations=int(arrays["iterations"]), **{name: arrays[name] for name in cls.ARRAYS})
 
 
 class FitFailed(ValueError):
