@@ -244,7 +244,6 @@ def sample(model: LoadedModel, conditions: dict[str, Tensor], latent_shape: tupl
     frames = latent_shape[2]
     window = sampler.window or default_window(config, model.vae.temporal_stride) or frames
     overlap = sampler.overlap if sampler.overlap is not None else window // 4
-    conditions = {name: value.to(device).float() for name, value in conditions.items()}
     length = min(window, frames)
     stride = length - min(overlap, length - 1)  # as window_plan spaces the windows
     for step, (state, following) in enumerate(zip(levels[:-1], levels[1:])):
@@ -252,9 +251,11 @@ def sample(model: LoadedModel, conditions: dict[str, Tensor], latent_shape: tupl
         prediction = torch.zeros_like(x)
         for start, weights in window_plan(frames, window, overlap, offset):
             part = x[:, :, start:start + length]
+            # The whole video's conditions stay where they are (the CPU); each window's go to the device.
+            window_conditions = {name: value.to(device).float() for name, value in condition_window(
+                conditions, start, length, model.vae.temporal_stride).items()}
             with _autocast(config, device):
-                output = guided_prediction(model, part, state, condition_window(
-                    conditions, start, length, model.vae.temporal_stride), sampler.guidance)
+                output = guided_prediction(model, part, state, window_conditions, sampler.guidance)
             x0 = obj.x0_from_prediction(config.objectives.prediction, output, part, state)
             prediction[:, :, start:start + length] += x0 * weights.to(device).reshape(1, 1, -1, 1, 1)
         # Re-noise the blended x0 with the noise it implies at this level, to the next level (DDIM / Euler).
@@ -273,7 +274,9 @@ def generate(model: LoadedModel, conditions: dict[str, np.ndarray], reference: n
     height, width = reference.shape[:2]
     spatial, temporal = model.vae.spatial_stride, model.vae.temporal_stride
     shape = (1, model.vae.latent_channels, latent_frame_count(frames, temporal), height // spatial, width // spatial)
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(value))[None] for name, value in conditions.items()}
+    # float16, as the loader batches them: the model sees the conditions it was trained on, to the bit
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(value)).to(torch.float16)[None]
+               for name, value in conditions.items()}
     noise = None if articulated_noise is None else \
         torch.from_numpy(articulated_noise).float().permute(1, 0, 2, 3)[None]  # stored [T', C, h, w]
     image = torch.from_numpy(reference).permute(2, 0, 1)[None].float() / 127.5 - 1
