@@ -254,6 +254,13 @@ def test_conditions_the_build_config_cannot_make_are_refused(inputs, tmp_path, n
     fetch = "(?s)pose stage, needed .* cannot run: .*humanim models fetch yolox_l.onnx"
     with pytest.raises(AnimateInputError, match=fetch):
         run(inputs, tmp_path, build=build_config.load(CONFIGS / "default.yaml", {"noise": {"preset": "sd"}}))
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(AnimateInputError, match="not a readable torch checkpoint"):
+        run(inputs, tmp_path, checkpoint=tmp_path / "garbage.pt")
+    # No --config, and the checkpoint's shards (none here) hold no build.json to take it from.
+    with pytest.raises(AnimateInputError, match="no local build.json"):
+        animate(root / "reference.png", str(root / "driving.mp4"), root / "tiny.pt", tmp_path / "out.mp4", None,
+                SamplerConfig(**SAMPLER), device="cpu", progress=False, log=lambda message: None)
     state = load_checkpoint(root / "tiny.pt")
     state["config"]["data"]["conditions"] = ["pose", "optical_flow"]
     save_checkpoint(tmp_path / "future.pt", state)

@@ -105,6 +105,17 @@ def check_buildable(config: TrainConfig, build: BuildConfig, vae_layout: tuple[i
     return stages, models
 
 
+def recorded_build_config(shards: list[str]) -> tuple[BuildConfig | None, Path | None]:
+    """The build config recorded (build.json) with the shards a checkpoint was trained on, if they are local."""
+    for spec in shards:
+        path = Path(spec)
+        for folder in (path, path.parent, path.parent.parent):
+            record = folder / "build.json"
+            if record.is_file():
+                return BuildConfig(json.loads(record.read_text())["config"]), record
+    return None, None
+
+
 # Running the build's stages in-process -------------------------------------------------------------------------
 
 
@@ -525,18 +536,28 @@ def side_by_side(prepared: Prepared, result: np.ndarray) -> np.ndarray:
     return np.stack(panels)
 
 
-def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path, build: BuildConfig,
+def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path, build: BuildConfig | None,
             sampler, device: str = "auto", max_side: int | None = 512, fps: float | None = None,
             max_frames: int | None = None, side_by_side_path: Path | None = None, save_motion: Path | None = None,
             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole command; returns a summary (also written beside the video as OUT.json)."""
+    """The whole command; returns a summary (also written beside the video as OUT.json). `build` None takes the
+    build config recorded with the checkpoint's shards."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from humanim.training.inference import checkpoint_config, generate, latent_frame_count, load_model
     from humanim.training.models import build_vae
 
     sampler.check()
-    config = checkpoint_config(checkpoint)
+    try:
+        config = checkpoint_config(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise AnimateInputError(str(error)) from error
+    if build is None:
+        build, record = recorded_build_config(config.data.shards)
+        if build is None:
+            raise AnimateInputError("the checkpoint's shards have no local build.json: give the build config they "
+                                    "were built with (--config)")
+        log(f"build config: {record}")
     vae = build_vae(config.model.vae)  # its strides and channels only; the weights load with the denoiser
     layout = (vae.spatial_stride, vae.temporal_stride, vae.latent_channels)
     prepared = prepare(reference_path, motion_spec, config, build, layout, sampler.seed, max_side, fps, max_frames,

@@ -1,7 +1,6 @@
 """The `humanim` command."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -114,19 +113,6 @@ def train(config_path: str, resume: bool, output_dir: str | None, max_steps: int
     click.echo(f"trained to step {result['step']}")
 
 
-def recorded_build_config(shards: list[str]):
-    """The build config recorded (build.json) with the shards a checkpoint was trained on, if they are local."""
-    from humanim.pipeline.config import BuildConfig
-
-    for spec in shards:
-        path = Path(spec)
-        for folder in (path, path.parent, path.parent.parent):
-            record = folder / "build.json"
-            if record.is_file():
-                return BuildConfig(json.loads(record.read_text())["config"]), record
-    return None, None
-
-
 @main.command()
 @click.option("--ref", "reference", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Reference image of the person to animate.")
@@ -165,20 +151,13 @@ def animate(reference: Path, motion: str, checkpoint: Path, out: Path, config_pa
     from humanim.pipeline import config as config_module
     from humanim.pipeline.animate import AnimateInputError
     from humanim.pipeline.animate import animate as run_animate
-    from humanim.training.inference import SamplerConfig, checkpoint_config
+    from humanim.training.inference import SamplerConfig
 
-    if config_path is not None:
-        build = config_module.load(config_path)
-    else:
-        build, record = recorded_build_config(checkpoint_config(checkpoint).data.shards)
-        if build is None:
-            raise click.UsageError("the checkpoint's shards have no local build.json: give the build config they "
-                                   "were built with as --config")
-        click.echo(f"build config: {record}")
     sampler = SamplerConfig(steps=steps, guidance=guidance, window=window, overlap=overlap,
                             random_offset=not fixed_windows, reference_noise=reference_noise,
                             noise_gamma=noise_gamma, seed=seed)
     try:
+        build = config_module.load(config_path) if config_path is not None else None
         result = run_animate(reference, motion, checkpoint, out, build, sampler, device=device, max_side=max_side,
                              fps=fps, max_frames=max_frames, side_by_side_path=side_by_side, save_motion=save_motion,
                              log=click.echo)

@@ -22,6 +22,7 @@ a k .. (a + L - 1) k: (L - 1) k + 1 frames, the length of a training clip of L l
 from __future__ import annotations
 
 import math
+import pickle
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,11 @@ def checkpoint_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (humanim train writes them under OUTPUT/checkpoints)")
-    state = load_checkpoint(path)
+    try:
+        # mmap: the weights stay on disk, so reading the config of a many-GB checkpoint costs next to nothing
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path} is not a readable torch checkpoint: {error}") from error
     if "config" not in state or "model" not in state:
         raise ValueError(f"{path} is not a humanim training checkpoint (it lacks 'config' and 'model')")
     return from_dict(TrainConfig, state["config"], f"{path.name}: config")
