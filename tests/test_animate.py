@@ -197,6 +197,28 @@ def test_the_driving_video_is_resampled_cut_and_scaled_as_asked(inputs):
     assert rate == FPS and clip.frames.shape == (5, DRIVE_SIDE, DRIVE_SIDE, 3)
 
 
+def test_the_aligned_motion_renders_in_chunks_as_in_one_piece(inputs, monkeypatch):
+    from humanim.pipeline import animate as animate_module
+    from humanim.stages.body_models import load_body_model
+    from humanim.stages.fit import BodyFit
+    from humanim.synth.motion import random_motion
+
+    _, _, build = inputs
+    motion, camera = random_motion(load_body_model("anny"), 7, FPS, seed=4, height=64, width=48)
+    fit = BodyFit("anny", motion.shape[0].numpy(), motion.pose.numpy(), motion.global_orient.numpy(),
+                  motion.transl.numpy(), np.array([camera.fx, camera.fy, camera.cx, camera.cy], np.float32),
+                  "frame_size", np.zeros(7, np.float32), 0)
+    stages = animate_module.StageSet(build, 0)
+    whole = animate_module.single_clip("whole", "x", np.zeros((7, 64, 48, 3), np.uint8), FPS)
+    whole.fields["body"] = fit.to_npz_bytes()
+    stages.run(whole, ["render"], "test")
+    monkeypatch.setattr(animate_module, "RENDER_CHUNK", 3)
+    chunked = animate_module.render_in_chunks(whole, fit, stages)
+    assert whole.fields["depth"].any()
+    for name in ("depth", "normal", "part"):
+        np.testing.assert_array_equal(chunked[name], whole.fields[name])
+
+
 # Bad inputs: a clear error before any model runs -------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from humanim.training.config import TrainConfig
 
 KPT_THRESHOLD = 0.3  # a keypoint below this score counts as unseen, as in the pose and mask stages
 MIN_BODY_KEYPOINTS = 6  # confident body keypoints (of 17) an image needs to hold a person
+RENDER_CHUNK = 32  # frames the render stage draws at a time for the aligned motion
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
 
@@ -392,7 +393,7 @@ def trim_motion(motion: DrivingMotion, count: int) -> DrivingMotion:
 class Prepared:
     """Everything sampling needs, built from the inputs; no diffusion model has run yet."""
 
-    conditions: dict[str, np.ndarray]  # as training.conditions draws them, per-frame maps padded to whole latents
+    conditions: dict[str, np.ndarray]  # float16, as training.conditions draws them; per-frame maps over whole latents
     noise: np.ndarray | None  # [T', C, h, w] articulated noise, or None
     reference: np.ndarray  # [H, W, 3] uint8 working size
     original_size: tuple[int, int]
@@ -433,9 +434,11 @@ def motion_sample(reference: Reference, driving: DrivingMotion, kpts: np.ndarray
     clip.fields["kpts"] = kpts
     if fit is not None:
         clip.fields["body"] = fit.to_npz_bytes()
-    stages.run(clip, [n for n in names if n in ("masks", "render", "noise")], "aligned motion")
+    stages.run(clip, [n for n in names if n in ("masks", "noise")], "aligned motion")
     sample: dict[str, Any] = {"frames": clip.frames, "kpts": kpts, "ref_frame": reference.image,
                               "ref_kpts": reference.kpts}
+    if "render" in names:
+        sample.update(render_in_chunks(clip, fit, stages))
     if "masks" in clip.fields:
         sample["masks"] = unpack_masks(clip.fields["masks"], width)
     if "blur" in names:
@@ -445,12 +448,27 @@ def motion_sample(reference: Reference, driving: DrivingMotion, kpts: np.ndarray
             pad_motion(driving.hand_valid, None, pixel_frames)[0]
         sample.update(hand_motion=np.where(valid[..., None], motion, np.nan), hand_sharpness=sharpness,
                       hand_valid=valid)
-    for name in ("depth", "normal", "part"):
-        if name in clip.fields:
-            sample[name] = clip.fields[name]
     if reference.face_embedding is not None:
         sample["ref_face_embedding"] = reference.face_embedding
     return sample, clip.fields.get("noise")
+
+
+def render_in_chunks(clip: Clip, fit, stages: StageSet) -> dict[str, np.ndarray]:
+    """The render stage's depth, normal and part maps of the aligned motion, RENDER_CHUNK frames at a time: the
+    renderer's float maps of a whole long video would not fit in memory (8.5 MB a frame at 512 x 512)."""
+    from humanim.stages.fit import BodyFit
+
+    maps: dict[str, list[np.ndarray]] = {"depth": [], "normal": [], "part": []}
+    for start in range(0, len(clip.frames), RENDER_CHUNK):
+        cut = slice(start, start + RENDER_CHUNK)
+        part = BodyFit(**{**fit.__dict__, **{n: getattr(fit, n)[cut] for n in ("pose", "global_orient", "transl",
+                                                                             "error_px")}})
+        chunk = single_clip("animate", clip.spec.source, clip.frames[cut], clip.spec.fps)
+        chunk.fields["body"] = part.to_npz_bytes()
+        stages.run(chunk, ["render"], "aligned motion")
+        for name in maps:
+            maps[name].append(chunk.fields[name])
+    return {name: np.concatenate(arrays) for name, arrays in maps.items()}
 
 
 def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: BuildConfig,
@@ -483,7 +501,10 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
     if "identity" in config.data.conditions and "ref_face_embedding" not in sample:
         raise AnimateInputError(f"reference image {reference_path}: the subject's face was not found, and the "
                                 f"checkpoint's identity condition needs its embedding")
-    conditions = build_conditions(sample, list(config.data.conditions))
+    # One condition at a time, kept as float16 (the loader's batch type): the float32 maps of a long video are
+    # large (11 MB a frame at 512 x 512 for pose, hand blur and renders together).
+    conditions = {name: value.astype(np.float16) for condition in config.data.conditions
+                  for name, value in build_conditions(sample, [condition]).items()}
     return Prepared(conditions=conditions, noise=noise, reference=reference.image,
                     original_size=reference.original_size, frames=len(driving.kpts), fps=driving.fps, kpts=kpts,
                     driving=driving, stages=names, models=models)
