@@ -26,9 +26,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SAMPLER = dict(steps=3, window=4, overlap=2)  # 14 latent frames in windows of 4: several windows per step
 
 
-def tiny_checkpoint(path, conditions, articulated_noise=True):
+def tiny_checkpoint(path, conditions, articulated_noise=True, resolution=None):
     config = from_dict(TrainConfig, {
-        "output_dir": str(path.parent), "data": {"conditions": conditions, "frames": 9},
+        "output_dir": str(path.parent), "data": {"conditions": conditions, "frames": 9, "resolution": resolution},
         "objectives": {"articulated_noise": articulated_noise, "condition_dropout": 0.1},
         "model": {"denoiser": {"kind": "tiny", "hidden": 16, "depth": 1, "time_dim": 16},
                   "vae": {"kind": "tiny", "latent_channels": 4}}})
@@ -85,6 +85,16 @@ def test_the_same_seed_gives_the_same_frames_from_a_saved_motion(inputs, animate
     other = animate(root / "reference.png", str(root / "motion.npz"), checkpoint, root / "other.mp4", build,
                     SamplerConfig(**{**SAMPLER, "seed": 1}), device="cpu", progress=False, log=lambda message: None)
     assert np.abs(other["video"].astype(int) - first["video"].astype(int)).mean() > 1
+
+
+def test_the_reference_is_animated_at_the_checkpoints_training_scale(inputs, animated, tmp_path):
+    root, _, build = inputs
+    checkpoint = tiny_checkpoint(tmp_path / "small.pt", ["pose", "reference"], articulated_noise=False,
+                                 resolution=[64, 64])
+    result = animate(root / "reference.png", str(root / "motion.npz"), checkpoint, tmp_path / "small.mp4", build,
+                     SamplerConfig(**SAMPLER), device="cpu", progress=False, log=lambda message: None)
+    assert result["working_size"] == [64, 48]  # 250 x 190 scaled to a longer side of 64, in whole latent cells
+    assert result["video"].shape == (DRIVE_FRAMES, REF_H, REF_W, 3)  # and back to the reference's size
 
 
 @pytest.mark.parametrize("frames", [1, 3, 7, 14, 31])

@@ -34,6 +34,7 @@ from humanim.training.config import TrainConfig
 
 KPT_THRESHOLD = 0.3  # a keypoint below this score counts as unseen, as in the pose and mask stages
 MIN_BODY_KEYPOINTS = 6  # confident body keypoints (of 17) an image needs to hold a person
+DEFAULT_MAX_SIDE = 512  # the reference's longer side while animating, where the checkpoint names no resolution
 RENDER_CHUNK = 32  # frames the render stage draws at a time for the aligned motion
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
@@ -558,11 +559,12 @@ def side_by_side(prepared: Prepared, result: np.ndarray) -> np.ndarray:
 
 
 def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path, build: BuildConfig | None,
-            sampler, device: str = "auto", max_side: int | None = 512, fps: float | None = None,
+            sampler, device: str = "auto", max_side: int | None = None, fps: float | None = None,
             max_frames: int | None = None, side_by_side_path: Path | None = None, save_motion: Path | None = None,
             progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole command; returns a summary (also written beside the video as OUT.json). `build` None takes the
-    build config recorded with the checkpoint's shards."""
+    build config recorded with the checkpoint's shards; `max_side` None the longer side of the checkpoint's
+    training resolution (data.resolution), else DEFAULT_MAX_SIDE."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from humanim.training.inference import checkpoint_config, generate, latent_frame_count, load_model
@@ -581,6 +583,8 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
         log(f"build config: {record}")
     vae = build_vae(config.model.vae)  # its strides and channels only; the weights load with the denoiser
     layout = (vae.spatial_stride, vae.temporal_stride, vae.latent_channels)
+    if max_side is None:  # the scale the model was trained at, where the checkpoint says
+        max_side = max(config.data.resolution) if config.data.resolution else DEFAULT_MAX_SIDE
     prepared = prepare(reference_path, motion_spec, config, build, layout, sampler.seed, max_side, fps, max_frames,
                        log=log)
     if save_motion is not None:

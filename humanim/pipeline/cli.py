@@ -134,8 +134,9 @@ def train(config_path: str, resume: bool, output_dir: str | None, max_steps: int
 @click.option("--reference-noise", is_flag=True, help="Start from the reference latent diffused to the first level.")
 @click.option("--noise-gamma", type=click.FloatRange(0, 1), default=None,
               help="Share of fresh noise mixed into articulated noise; default: the checkpoint's.")
-@click.option("--max-side", type=click.IntRange(min=8), default=512, show_default=True,
-              help="Longer side the reference is animated at (the output keeps the image's size).")
+@click.option("--max-side", type=click.IntRange(min=8), default=None,
+              help="Longer side the reference is animated at (the output keeps the image's size); default: that of "
+                   "the checkpoint's training resolution, else 512.")
 @click.option("--fps", type=float, default=None, help="Resample the driving video to this rate; default: its own.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Animate the first N driving frames.")
 @click.option("--side-by-side", "side_by_side", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -145,7 +146,7 @@ def train(config_path: str, resume: bool, output_dir: str | None, max_steps: int
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 def animate(reference: Path, motion: str, checkpoint: Path, out: Path, config_path: str | None, steps: int,
             guidance: float, seed: int, window: int | None, overlap: int | None, fixed_windows: bool,
-            reference_noise: bool, noise_gamma: float | None, max_side: int, fps: float | None,
+            reference_noise: bool, noise_gamma: float | None, max_side: int | None, fps: float | None,
             max_frames: int | None, side_by_side: Path | None, save_motion: Path | None, device: str) -> None:
     """Animate a reference image with a driving motion through a trained checkpoint (docs/INFERENCE.md)."""
     from humanim.pipeline import config as config_module
