@@ -5,16 +5,15 @@
 2. The build's own stages, built from a build config, annotate the reference image as a one-frame clip (pose,
    face, body fit) and the driving video as a clip of all its frames (pose, hand blur, body fit): the same code
    as the shards the checkpoint was trained on, so the conditions cannot drift from training.
-3. Shape alignment (Champ, eq. 3): the driving poses on the reference's body, framed like the reference
-   (stages/shape_align.py). The skeleton is the aligned body's projected keypoints; the 68 face points, which
-   the body models do not define, follow the head by the similarity that maps the driving head's points to the
-   aligned head's. Without body fits (a checkpoint that takes the skeleton only), the driving skeleton is
-   scaled and moved so that its first frame stands where and as tall as the reference's.
+3. Shape alignment (Champ, eq. 3; stages/shape_align.py): the driving poses on the reference's body, framed
+   like the reference, and the skeleton of that body; without body fits (a checkpoint that takes the skeleton
+   only), the driving skeleton scaled and moved to stand where and as tall as the reference.
 4. The render, mask and noise stages run on the aligned motion, and training/conditions.py draws the conditions
    from their output exactly as the loader does; training/inference.py samples and the VAE decodes.
 
-The motion is a video file, a shard sample (`BUILD_OR_SHARD#KEY`), or a motion file written by
-`--save-motion` (keypoints, body fit and hand sharpness of a driving video, to animate many references with it).
+The motion is a video file, a shard sample (`BUILD_OR_SHARD#KEY`, or a bare clip key of the checkpoint's
+training shards), or a motion file written by `--save-motion` (keypoints, body fit and hand sharpness of a
+driving video, to animate many references with it). docs/INFERENCE.md is the user's guide.
 """
 from __future__ import annotations
 
