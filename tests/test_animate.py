@@ -94,6 +94,7 @@ def test_the_reference_is_animated_at_the_checkpoints_training_scale(inputs, ani
     result = animate(root / "reference.png", str(root / "motion.npz"), checkpoint, tmp_path / "small.mp4", build,
                      SamplerConfig(**SAMPLER), device="cpu", progress=False, log=lambda message: None)
     assert result["working_size"] == [64, 48]  # 250 x 190 scaled to a longer side of 64, in whole latent cells
+    assert result["annotated_size"] == [REF_H, REF_W]  # the stages saw the reference whole
     assert result["video"].shape == (DRIVE_FRAMES, REF_H, REF_W, 3)  # and back to the reference's size
 
 
@@ -193,6 +194,20 @@ def test_load_model_takes_the_ema_weights(inputs, tmp_path):
     for name, value in loaded.denoiser.state_dict().items():
         torch.testing.assert_close(value, state["ema"][f"module.{name}"])
         assert not torch.equal(value, state["model"][name]) or not value.is_floating_point()
+
+
+def test_annotations_move_to_the_working_size_with_the_pixels():
+    from humanim.pipeline.animate import to_working_size
+    from humanim.stages.fit import BodyFit
+
+    # The centre of pixel 0 of a 100 px row lies at 0 and its far edge at 99.5; halved, at 49.75 of 50 px.
+    kpts = np.array([[0.0, 0.0, 0.9], [99.5, 49.5, 0.8]], np.float32)
+    fit = BodyFit("anny", np.zeros(4, np.float32), np.zeros((1, 2, 3), np.float32), np.zeros((1, 3), np.float32),
+                  np.array([[0, 0, 3]], np.float32), np.array([120.0, 120.0, 49.5, 24.5], np.float32),
+                  "frame_size", np.zeros(1, np.float32), 0)
+    moved, moved_fit = to_working_size(kpts, fit, (50, 100), (25, 50))
+    np.testing.assert_allclose(moved, [[-0.25, -0.25, 0.9], [49.5, 24.5, 0.8]])
+    np.testing.assert_allclose(moved_fit.camera, [60.0, 60.0, 24.5, 12.0])
 
 
 def test_the_driving_video_is_resampled_cut_and_scaled_as_asked(inputs):

@@ -34,6 +34,7 @@ from humanim.training.config import TrainConfig
 KPT_THRESHOLD = 0.3  # a keypoint below this score counts as unseen, as in the pose and mask stages
 MIN_BODY_KEYPOINTS = 6  # confident body keypoints (of 17) an image needs to hold a person
 DEFAULT_MAX_SIDE = 512  # the reference's longer side while animating, where the checkpoint names no resolution
+ANNOTATION_SIDE = 512  # the reference's longer side at least while the stages annotate it (if the file is as big)
 RENDER_CHUNK = 32  # frames the render stage draws at a time for the aligned motion
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"}
 
@@ -181,21 +182,45 @@ def read_image(path: Path) -> np.ndarray:
 class Reference:
     image: np.ndarray  # [H, W, 3] uint8 at the working size
     original_size: tuple[int, int]  # (H, W) of the file: the output's size
-    kpts: np.ndarray  # [133, 3]
-    fit: Any | None  # stages.fit.BodyFit of one frame
+    annotated_size: tuple[int, int]  # (H, W) the stages saw it at
+    kpts: np.ndarray  # [133, 3] at the working size
+    fit: Any | None  # stages.fit.BodyFit of one frame, in the working size's camera
     face_embedding: np.ndarray | None
+
+
+def to_working_size(kpts: np.ndarray, fit, source: tuple[int, int], target: tuple[int, int]):
+    """Keypoints [..., 3] and a BodyFit from an image of size `source` (H, W) to the same image resized to `target`:
+    pixel centres sit at integers, so x -> (x + 0.5) sx - 0.5; the camera's focal lengths and principal point move
+    the same way, and the body does not move."""
+    from humanim.stages.fit import BodyFit
+
+    scale = np.array([target[1] / source[1], target[0] / source[0]], np.float32)
+    kpts = np.array(kpts, dtype=np.float32, copy=True)
+    kpts[..., :2] = (kpts[..., :2] + 0.5) * scale - 0.5
+    if fit is not None:
+        fx, fy, cx, cy = (float(v) for v in fit.camera)
+        camera = np.array([fx * scale[0], fy * scale[1], (cx + 0.5) * scale[0] - 0.5, (cy + 0.5) * scale[1] - 0.5],
+                          np.float32)
+        fit = BodyFit(**{**fit.__dict__, "camera": camera})
+    return kpts, fit
 
 
 def annotate_reference(path: Path, original: np.ndarray, stages: StageSet, names: list[str],
                        size: tuple[int, int]) -> Reference:
-    image = cv2.resize(original, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    """The stages on the reference at the larger of the working size and ANNOTATION_SIDE (never above the file's
+    own size): a pose model finds a person in a 64 px image, but places joints better at 512. Keypoints and fit
+    then move to the working size."""
+    annotated = working_size(*original.shape[:2], 1, max(max(size), ANNOTATION_SIDE))
+    image = cv2.resize(original, (annotated[1], annotated[0]), interpolation=cv2.INTER_AREA)
     clip = single_clip("reference", str(path), image[None], 1.0)
     what = f"reference image {path}"
     stages.run(clip, ["pose"], what)
     require_person(clip.fields["kpts"], what)
     stages.run(clip, [n for n in names if n in ("face", "body")], what)
-    return Reference(image=image, original_size=original.shape[:2], kpts=clip.fields["kpts"][0],
-                     fit=body_fit(clip), face_embedding=clip.fields.get("face_embedding"))
+    kpts, fit = to_working_size(clip.fields["kpts"][0], body_fit(clip), annotated, size)
+    return Reference(image=cv2.resize(original, (size[1], size[0]), interpolation=cv2.INTER_AREA),
+                     original_size=original.shape[:2], annotated_size=annotated, kpts=kpts, fit=fit,
+                     face_embedding=clip.fields.get("face_embedding"))
 
 
 def body_fit(clip: Clip):
@@ -397,6 +422,7 @@ class Prepared:
     noise: np.ndarray | None  # [T', C, h, w] articulated noise, or None
     reference: np.ndarray  # [H, W, 3] uint8 working size
     original_size: tuple[int, int]
+    annotated_size: tuple[int, int]  # what the stages saw the reference at
     frames: int  # the driving length: frames in the output
     fps: float
     kpts: np.ndarray  # [T, 133, 3] aligned skeleton at the working size
@@ -485,8 +511,9 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
     stages = StageSet(build, seed)
     image = read_image(reference_path)
     size = working_size(*image.shape[:2], spatial, max_side)
-    log(f"reference: {' '.join(n for n in names if n in ('pose', 'face', 'body'))} at {size[1]}x{size[0]}")
     reference = annotate_reference(reference_path, image, stages, names, size)
+    log(f"reference: {' '.join(n for n in names if n in ('pose', 'face', 'body'))} at "
+        f"{reference.annotated_size[1]}x{reference.annotated_size[0]}, animated at {size[1]}x{size[0]}")
     log(f"motion: {' '.join(n for n in names if n in ('pose', 'blur', 'body'))}")
     driving = load_motion(motion_spec, stages, names, fps, max_frames, driving_side, config.data.shards)
     if reference.fit is not None and driving.fit is not None:
@@ -506,7 +533,8 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
     conditions = {name: value.astype(np.float16) for condition in config.data.conditions
                   for name, value in build_conditions(sample, [condition]).items()}
     return Prepared(conditions=conditions, noise=noise, reference=reference.image,
-                    original_size=reference.original_size, frames=len(driving.kpts), fps=driving.fps, kpts=kpts,
+                    original_size=reference.original_size, annotated_size=reference.annotated_size,
+                    frames=len(driving.kpts), fps=driving.fps, kpts=kpts,
                     driving=driving, stages=names, models=models)
 
 
@@ -606,6 +634,7 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
     latent_frames = latent_frame_count(prepared.frames, layout[1])
     summary = {"out": str(out), "frames": int(len(frames)), "fps": prepared.fps,
                "size": [int(original_height), int(original_width)], "working_size": [height, width],
+               "annotated_size": list(prepared.annotated_size),
                "latent_frames": latent_frames, "stages": prepared.stages, "models": prepared.models,
                "weights": model.weights,
                "conditions": list(config.data.conditions), "articulated_noise": prepared.noise is not None,
