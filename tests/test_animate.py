@@ -244,6 +244,29 @@ def test_the_aligned_motion_renders_in_chunks_as_in_one_piece(inputs, monkeypatc
         np.testing.assert_array_equal(chunked[name], whole.fields[name])
 
 
+def test_a_real_photo_performs_a_real_dance(inputs, tmp_path):
+    """MimicMotion's reference photo (1080 x 1920) driven by the first frames of a real dance video: the output
+    has the photo's size, and the aligned body's skeleton stands where the woman in the photo stands."""
+    from conftest import asset
+
+    from humanim.pipeline.animate import prepare
+
+    photo, dance = asset("images/mimicmotion_demo1.jpg"), asset("videos/animatex_dance_1.mp4")
+    root, checkpoint, build = inputs
+    config = inference.checkpoint_config(checkpoint)
+    prepared = prepare(photo, str(dance), config, build, (8, 1, 4), max_frames=6)
+    assert prepared.reference.shape == (512, 288, 3) and prepared.annotated_size == (512, 288)
+    aligned, reference_points = (kpts[:17][kpts[:17, 2] > 0.5, :2]  # confident body keypoints
+                                 for kpts in (prepared.kpts[0], prepared.reference_kpts))
+    # Same place and height as the reference body, in a pose of its own: within a tenth of the body's height.
+    height = np.ptp(reference_points[:, 1])
+    np.testing.assert_allclose(aligned.mean(0), reference_points.mean(0), atol=0.1 * height)
+    assert abs(np.ptp(aligned[:, 1]) - height) < 0.15 * height
+    result = animate(photo, str(dance), checkpoint, tmp_path / "dance.mp4", build, SamplerConfig(**SAMPLER),
+                     device="cpu", max_frames=6, progress=False, log=lambda message: None)
+    assert result["video"].shape == (6, 1920, 1080, 3)
+
+
 # Bad inputs: a clear error before any model runs -------------------------------------------------------------
 
 

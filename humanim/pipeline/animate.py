@@ -421,6 +421,7 @@ class Prepared:
     conditions: dict[str, np.ndarray]  # float16, as training.conditions draws them; per-frame maps over whole latents
     noise: np.ndarray | None  # [T', C, h, w] articulated noise, or None
     reference: np.ndarray  # [H, W, 3] uint8 working size
+    reference_kpts: np.ndarray  # [133, 3] at the working size
     original_size: tuple[int, int]
     annotated_size: tuple[int, int]  # what the stages saw the reference at
     frames: int  # the driving length: frames in the output
@@ -532,7 +533,7 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
     # large (11 MB a frame at 512 x 512 for pose, hand blur and renders together).
     conditions = {name: value.astype(np.float16) for condition in config.data.conditions
                   for name, value in build_conditions(sample, [condition]).items()}
-    return Prepared(conditions=conditions, noise=noise, reference=reference.image,
+    return Prepared(conditions=conditions, noise=noise, reference=reference.image, reference_kpts=reference.kpts,
                     original_size=reference.original_size, annotated_size=reference.annotated_size,
                     frames=len(driving.kpts), fps=driving.fps, kpts=kpts,
                     driving=driving, stages=names, models=models)
