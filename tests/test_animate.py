@@ -244,6 +244,26 @@ def test_the_aligned_motion_renders_in_chunks_as_in_one_piece(inputs, monkeypatc
         np.testing.assert_array_equal(chunked[name], whole.fields[name])
 
 
+def test_without_alignment_the_driving_motion_is_drawn_as_it_is(inputs, animated):
+    from humanim.pipeline.animate import prepare, to_working_size
+
+    root, _ = animated
+    _, checkpoint, build = inputs
+    prepared = prepare(root / "reference.png", str(root / "motion.npz"), inference.checkpoint_config(checkpoint),
+                       build, (8, 1, 4), align=False)
+    motion = DrivingMotion.load(root / "motion.npz")
+    expected = to_working_size(motion.kpts, None, (DRIVE_SIDE, DRIVE_SIDE), (248, 192))[0]
+    np.testing.assert_allclose(prepared.kpts, expected)
+    # The driving fit, drawn in the working size's camera, lies under the driving skeleton carried there.
+    body = prepared.conditions["renders"][0] > 0  # nearness: > 0 on the body [T, H, W]
+    kpts = prepared.kpts[:, :17]
+    confident = kpts[..., 2] > 0.5
+    x = np.clip(np.rint(kpts[..., 0]).astype(int), 0, 191)
+    y = np.clip(np.rint(kpts[..., 1]).astype(int), 0, 247)
+    frame = np.broadcast_to(np.arange(len(kpts))[:, None], confident.shape)
+    assert body[frame[confident], y[confident], x[confident]].mean() > 0.8
+
+
 def test_a_real_photo_performs_a_real_dance(inputs, tmp_path):
     """MimicMotion's reference photo (1080 x 1920) driven by the first frames of a real dance video: the output
     has the photo's size, and the aligned body's skeleton stands where the woman in the photo stands."""

@@ -500,9 +500,13 @@ def render_in_chunks(clip: Clip, fit, stages: StageSet) -> dict[str, np.ndarray]
 
 def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: BuildConfig,
             vae_layout: tuple[int, int, int], seed: int = 0, max_side: int | None = 512,
-            fps: float | None = None, max_frames: int | None = None, driving_side: int = 512,
+            fps: float | None = None, max_frames: int | None = None, driving_side: int = 512, align: bool = True,
             log: Callable[[str], None] = lambda message: None) -> Prepared:
-    """Checks, stages, alignment and conditions: all of it before the checkpoint's models are loaded."""
+    """Checks, stages, alignment and conditions: all of it before the checkpoint's models are loaded.
+
+    align False keeps the driving motion as it is, carried from the driving frame to the reference's size: for
+    self-reenactment, where the reference is a frame of the driving video (the reconstruction protocol of
+    Champ's and HIA's evaluations), and shape alignment would only add the error of a second fit."""
     from humanim.stages.shape_align import align_keypoints_2d, align_shape, aligned_keypoints
     from humanim.training.conditions import build_conditions
     from humanim.training.inference import latent_frame_count
@@ -512,12 +516,15 @@ def prepare(reference_path: Path, motion_spec: str, config: TrainConfig, build: 
     stages = StageSet(build, seed)
     image = read_image(reference_path)
     size = working_size(*image.shape[:2], spatial, max_side)
-    reference = annotate_reference(reference_path, image, stages, names, size)
+    # Without alignment the reference's body is not needed: the driving fit is drawn as it is.
+    reference = annotate_reference(reference_path, image, stages, [n for n in names if align or n != "body"], size)
     log(f"reference: {' '.join(n for n in names if n in ('pose', 'face', 'body'))} at "
         f"{reference.annotated_size[1]}x{reference.annotated_size[0]}, animated at {size[1]}x{size[0]}")
     log(f"motion: {' '.join(n for n in names if n in ('pose', 'blur', 'body'))}")
     driving = load_motion(motion_spec, stages, names, fps, max_frames, driving_side, config.data.shards)
-    if reference.fit is not None and driving.fit is not None:
+    if not align:
+        kpts, fit = to_working_size(driving.kpts, driving.fit, (driving.height, driving.width), size)
+    elif reference.fit is not None and driving.fit is not None:
         model = stages.stage("body").model
         fit = align_shape(reference.fit, driving.fit, model, *size)
         kpts = aligned_keypoints(model, driving.fit, fit, driving.kpts)
@@ -589,7 +596,7 @@ def side_by_side(prepared: Prepared, result: np.ndarray) -> np.ndarray:
 def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path, build: BuildConfig | None,
             sampler, device: str = "auto", max_side: int | None = None, fps: float | None = None,
             max_frames: int | None = None, side_by_side_path: Path | None = None, save_motion: Path | None = None,
-            progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+            align: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole command; returns a summary (also written beside the video as OUT.json). `build` None takes the
     build config recorded with the checkpoint's shards; `max_side` None the longer side of the checkpoint's
     training resolution (data.resolution), else DEFAULT_MAX_SIDE."""
@@ -614,7 +621,7 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
     if max_side is None:  # the scale the model was trained at, where the checkpoint says
         max_side = max(config.data.resolution) if config.data.resolution else DEFAULT_MAX_SIDE
     prepared = prepare(reference_path, motion_spec, config, build, layout, sampler.seed, max_side, fps, max_frames,
-                       log=log)
+                       align=align, log=log)
     if save_motion is not None:
         prepared.driving.save(save_motion)
         log(f"motion saved to {save_motion}")
@@ -635,7 +642,7 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
     latent_frames = latent_frame_count(prepared.frames, layout[1])
     summary = {"out": str(out), "frames": int(len(frames)), "fps": prepared.fps,
                "size": [int(original_height), int(original_width)], "working_size": [height, width],
-               "annotated_size": list(prepared.annotated_size),
+               "annotated_size": list(prepared.annotated_size), "aligned": align,
                "latent_frames": latent_frames, "stages": prepared.stages, "models": prepared.models,
                "weights": model.weights,
                "conditions": list(config.data.conditions), "articulated_noise": prepared.noise is not None,

@@ -143,11 +143,15 @@ def train(config_path: str, resume: bool, output_dir: str | None, max_steps: int
               help="Also write reference | driving | conditions | result as a video.")
 @click.option("--save-motion", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Save the driving motion's annotations (.npz) to animate other references with it.")
+@click.option("--no-align", "no_align", is_flag=True,
+              help="Keep the driving motion as it is (self-reenactment: the reference is a frame of the driving "
+                   "video).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 def animate(reference: Path, motion: str, checkpoint: Path, out: Path, config_path: str | None, steps: int,
             guidance: float, seed: int, window: int | None, overlap: int | None, fixed_windows: bool,
             reference_noise: bool, noise_gamma: float | None, max_side: int | None, fps: float | None,
-            max_frames: int | None, side_by_side: Path | None, save_motion: Path | None, device: str) -> None:
+            max_frames: int | None, side_by_side: Path | None, save_motion: Path | None, no_align: bool,
+            device: str) -> None:
     """Animate a reference image with a driving motion through a trained checkpoint (docs/INFERENCE.md)."""
     from humanim.pipeline import config as config_module
     from humanim.pipeline.animate import AnimateInputError
@@ -161,7 +165,7 @@ def animate(reference: Path, motion: str, checkpoint: Path, out: Path, config_pa
         build = config_module.load(config_path) if config_path is not None else None
         result = run_animate(reference, motion, checkpoint, out, build, sampler, device=device, max_side=max_side,
                              fps=fps, max_frames=max_frames, side_by_side_path=side_by_side, save_motion=save_motion,
-                             log=click.echo)
+                             align=not no_align, log=click.echo)
     except AnimateInputError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"{result['out']}: {result['frames']} frames at {result['fps']:g} fps, "
