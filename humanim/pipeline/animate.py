@@ -17,6 +17,7 @@ driving video, to animate many references with it). docs/INFERENCE.md is the use
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +193,6 @@ def to_working_size(kpts: np.ndarray, fit, source: tuple[int, int], target: tupl
     """Keypoints [..., 3] and a BodyFit from an image of size `source` (H, W) to the same image resized to `target`:
     pixel centres sit at integers, so x -> (x + 0.5) sx - 0.5; the camera's focal lengths and principal point move
     the same way, and the body does not move."""
-    from humanim.stages.fit import BodyFit
-
     scale = np.array([target[1] / source[1], target[0] / source[0]], np.float32)
     kpts = np.array(kpts, dtype=np.float32, copy=True)
     kpts[..., :2] = (kpts[..., :2] + 0.5) * scale - 0.5
@@ -201,7 +200,7 @@ def to_working_size(kpts: np.ndarray, fit, source: tuple[int, int], target: tupl
         fx, fy, cx, cy = (float(v) for v in fit.camera)
         camera = np.array([fx * scale[0], fy * scale[1], (cx + 0.5) * scale[0] - 0.5, (cy + 0.5) * scale[1] - 0.5],
                           np.float32)
-        fit = BodyFit(**{**fit.__dict__, "camera": camera})
+        fit = dataclasses.replace(fit, camera=camera)
     return kpts, fit
 
 
@@ -398,14 +397,9 @@ def load_motion(spec: str, stages: StageSet, names: list[str], fps: float | None
 
 
 def trim_motion(motion: DrivingMotion, count: int) -> DrivingMotion:
-    from humanim.stages.fit import BodyFit
-
     cut = slice(0, count)
-    fit = motion.fit
-    if fit is not None:
-        fit = BodyFit(**{**fit.__dict__, **{n: getattr(fit, n)[cut] for n in ("pose", "global_orient", "transl",
-                                                                            "error_px")}})
-    return DrivingMotion(motion.kpts[cut], motion.height, motion.width, motion.fps, fit,
+    return DrivingMotion(motion.kpts[cut], motion.height, motion.width, motion.fps,
+                         None if motion.fit is None else motion.fit.take(cut),
                          None if motion.hand_sharpness is None else motion.hand_sharpness[cut],
                          None if motion.hand_valid is None else motion.hand_valid[cut],
                          None if motion.frames is None else motion.frames[cut], motion.source)
@@ -434,17 +428,10 @@ class Prepared:
 
 def pad_motion(kpts: np.ndarray, fit, count: int):
     """Repeat the last frame up to `count` frames, so the motion fills whole latent frames."""
-    from humanim.stages.fit import BodyFit
-
-    extra = count - len(kpts)
-    if extra <= 0:
+    if count <= len(kpts):
         return kpts, fit
-    kpts = np.concatenate([kpts, np.repeat(kpts[-1:], extra, 0)])
-    if fit is not None:
-        fit = BodyFit(**{**fit.__dict__, **{n: np.concatenate([getattr(fit, n), np.repeat(getattr(fit, n)[-1:],
-                                                                                           extra, 0)])
-                                             for n in ("pose", "global_orient", "transl", "error_px")}})
-    return kpts, fit
+    frames = np.minimum(np.arange(count), len(kpts) - 1)
+    return kpts[frames], None if fit is None else fit.take(frames)
 
 
 def motion_sample(reference: Reference, driving: DrivingMotion, kpts: np.ndarray, fit, stages: StageSet,
@@ -483,15 +470,11 @@ def motion_sample(reference: Reference, driving: DrivingMotion, kpts: np.ndarray
 def render_in_chunks(clip: Clip, fit, stages: StageSet) -> dict[str, np.ndarray]:
     """The render stage's depth, normal and part maps of the aligned motion, RENDER_CHUNK frames at a time: the
     renderer's float maps of a whole long video would not fit in memory (8.5 MB a frame at 512 x 512)."""
-    from humanim.stages.fit import BodyFit
-
     maps: dict[str, list[np.ndarray]] = {"depth": [], "normal": [], "part": []}
     for start in range(0, len(clip.frames), RENDER_CHUNK):
         cut = slice(start, start + RENDER_CHUNK)
-        part = BodyFit(**{**fit.__dict__, **{n: getattr(fit, n)[cut] for n in ("pose", "global_orient", "transl",
-                                                                             "error_px")}})
         chunk = single_clip("animate", clip.spec.source, clip.frames[cut], clip.spec.fps)
-        chunk.fields["body"] = part.to_npz_bytes()
+        chunk.fields["body"] = fit.take(cut).to_npz_bytes()
         stages.run(chunk, ["render"], "aligned motion")
         for name in maps:
             maps[name].append(chunk.fields[name])
@@ -575,7 +558,7 @@ def side_by_side(prepared: Prepared, result: np.ndarray) -> np.ndarray:
         canvas[:, left:left + shown.shape[1]] = shown
         return canvas
 
-    reference = fit_to(cv2.resize(prepared.reference, (width, height), interpolation=cv2.INTER_AREA))
+    reference = fit_to(prepared.reference)  # the working size: the result's
     driving = prepared.driving
     panels = []
     renders = prepared.conditions.get("renders")
@@ -616,7 +599,7 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
             raise AnimateInputError("the checkpoint's shards have no local build.json: give the build config they "
                                     "were built with (--config)")
         log(f"build config: {record}")
-    vae = build_vae(config.model.vae)  # its strides and channels only; the weights load with the denoiser
+    vae = build_vae(config.model.vae)  # its strides and channels decide the checks; sampling reuses it
     layout = (vae.spatial_stride, vae.temporal_stride, vae.latent_channels)
     if max_side is None:  # the scale the model was trained at, where the checkpoint says
         max_side = max(config.data.resolution) if config.data.resolution else DEFAULT_MAX_SIDE
@@ -625,7 +608,7 @@ def animate(reference_path: Path, motion_spec: str, checkpoint: Path, out: Path,
     if save_motion is not None:
         prepared.driving.save(save_motion)
         log(f"motion saved to {save_motion}")
-    model = load_model(checkpoint, device)
+    model = load_model(checkpoint, device, vae)
     bar = Progress(TextColumn("[bold]denoise"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    disable=not progress)
     with bar:

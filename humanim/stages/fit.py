@@ -38,6 +38,7 @@ error is NaN.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import zipfile
@@ -101,6 +102,12 @@ class BodyFit:
     iterations: int
 
     ARRAYS = ("shape", "pose", "global_orient", "transl", "camera", "error_px")
+
+    PER_FRAME = ("pose", "global_orient", "transl", "error_px")
+
+    def take(self, frames) -> "BodyFit":
+        """The fit of the frames that `frames` (a slice or an index array) picks, in that order."""
+        return dataclasses.replace(self, **{name: getattr(self, name)[frames] for name in self.PER_FRAME})
 
     @property
     def pinhole(self) -> PinholeCamera:

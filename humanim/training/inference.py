@@ -90,12 +90,13 @@ def checkpoint_config(path: str | Path) -> TrainConfig:
     return from_dict(TrainConfig, state["config"], f"{path.name}: config")
 
 
-def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Denoiser and VAE of a checkpoint, in eval mode; the EMA weights where the checkpoint has them."""
+def load_model(path: str | Path, device: str = "auto", vae: torch.nn.Module | None = None) -> LoadedModel:
+    """Denoiser and VAE of a checkpoint, in eval mode; the EMA weights where the checkpoint has them. `vae`: the
+    checkpoint's VAE where the caller already built it (a diffusers VAE is not read from disk twice)."""
     state = load_checkpoint(Path(path))
     config = from_dict(TrainConfig, state["config"], f"{Path(path).name}: config")
     target = default_device(device)
-    vae = build_vae(config.model.vae).to(target).eval().requires_grad_(False)
+    vae = (vae if vae is not None else build_vae(config.model.vae)).to(target).eval().requires_grad_(False)
     motion = MOTION_CHANNELS if config.objectives.motion_weight else 0
     denoiser = build_denoiser(config.model.denoiser, vae, config.data.conditions, motion)
     weights = "model"
