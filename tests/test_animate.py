@@ -223,16 +223,15 @@ def test_the_driving_video_is_resampled_cut_and_scaled_as_asked(inputs):
 
 
 def test_the_aligned_motion_renders_in_chunks_as_in_one_piece(inputs, monkeypatch):
+    from test_shape_align import as_fit
+
     from humanim.pipeline import animate as animate_module
     from humanim.stages.body_models import load_body_model
-    from humanim.stages.fit import BodyFit
     from humanim.synth.motion import random_motion
 
     _, _, build = inputs
     motion, camera = random_motion(load_body_model("anny"), 7, FPS, seed=4, height=64, width=48)
-    fit = BodyFit("anny", motion.shape[0].numpy(), motion.pose.numpy(), motion.global_orient.numpy(),
-                  motion.transl.numpy(), np.array([camera.fx, camera.fy, camera.cx, camera.cy], np.float32),
-                  "frame_size", np.zeros(7, np.float32), 0)
+    fit = as_fit(motion, camera)
     stages = animate_module.StageSet(build, 0)
     whole = animate_module.single_clip("whole", "x", np.zeros((7, 64, 48, 3), np.uint8), FPS)
     whole.fields["body"] = fit.to_npz_bytes()

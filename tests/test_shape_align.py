@@ -84,9 +84,7 @@ def test_mismatched_inputs_are_refused(anny, bodies):
 def test_the_skeleton_is_the_aligned_body_and_the_face_follows_the_head(anny):
     model = anny
     motion, camera = random_motion(model, 3, 25.0, seed=2, height=256, width=256)
-    driving = BodyFit("anny", motion.shape[0].numpy(), motion.pose.numpy(), motion.global_orient.numpy(),
-                      motion.transl.numpy(), np.array([camera.fx, camera.fy, camera.cx, camera.cy], np.float32),
-                      "frame_size", np.zeros(3, np.float32), 0)
+    driving = as_fit(motion, camera)
     kpts = np.concatenate([projected_keypoints(model, driving), np.ones((3, 133, 1))], -1).astype(np.float32)
     kpts[:, FACE, :2] = kpts[:, :1, :2] + np.random.default_rng(0).normal(0, 5, (3, 68, 2))  # around the nose
     kpts[0, 7, 2] = 0.1  # an unseen elbow stays unseen
