@@ -4,13 +4,14 @@
 
 Two workloads of the Anny mesh filling most of a square image: a clip (the synthetic generator's motion at
 24 fps: what the render stage sees) and independent random poses per frame (the worst case for a BVH refitted
-from frame to frame). --baseline loads another version of humanim/stages/render.py (e.g. `git show
-HEAD:humanim/stages/render.py > /tmp/render_head.py`) and times it alternately with the current one in the same
-run, so both see the same load, and says whether their maps are identical.
+from frame to frame). Both methods of the renderer (raster, raycast) are timed alternately in the same run, so
+both see the same load, and their maps compared. --baseline adds another version of humanim/stages/render.py
+(e.g. `git show HEAD:humanim/stages/render.py > /tmp/render_head.py`, its default method) to the alternation.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import io
 import os
@@ -24,7 +25,7 @@ import warp as wp
 from PIL import Image
 
 from humanim.stages.body_models import load_body_model
-from humanim.stages.render import PinholeCamera, render_maps
+from humanim.stages.render import METHODS, PinholeCamera, render_maps
 
 # Model frame (y up, facing +z) to OpenCV camera (y down, looking along +z): the body faces the camera.
 MODEL_TO_CAMERA = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
@@ -91,6 +92,17 @@ def storage_rows(maps: dict[str, np.ndarray], frame: int) -> list[tuple[str, str
     return rows
 
 
+def agreement_rows(workload: str, raster: dict, raycast: dict) -> list[tuple[str, str, str]]:
+    """How far the raster method's maps are from the ray caster's."""
+    body = raycast["silhouette"]
+    same_face = raster["face_id"] == raycast["face_id"]
+    agree = same_face & body
+    depth = np.abs(raster["depth"][agree] - raycast["depth"][agree]) / raycast["depth"][agree]
+    return [(f"  {workload}: raster face id = raycast's, of body pixels", f"{same_face[body].mean():.4%}", ""),
+            (f"  {workload}: silhouette pixels that differ", f"{int((raster['silhouette'] != body).sum())}", "px"),
+            (f"  {workload}: depth, max relative difference (same face)", f"{depth.max():.1e}", "")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=32)
@@ -128,7 +140,7 @@ def main() -> None:
         refit = seconds_per_call(mesh.refit, 10)
     rows.append(("BVH build / refit, one frame", f"{build * 1e3:.2f} / {refit * 1e3:.2f}", "ms"))
     workloads = {"clip": clip_frames(model, args.frames, size), "random poses": (vertices, camera)}
-    versions = {"current": render_maps}
+    versions = {method: functools.partial(render_maps, method=method) for method in METHODS}
     if args.baseline:
         versions["baseline"] = load_module(args.baseline).render_maps
     for workload, (frames, frame_camera) in workloads.items():
@@ -139,15 +151,14 @@ def main() -> None:
                     total = seconds_per_call(lambda: render(frames, faces, frame_camera, size, size, model.face_part,
                                                             device=args.device, threads=threads), 2)
                     best[name] = min(best.get(name, np.inf), total)
-            figure = f"{args.frames / best['current']:.1f}"
-            if "baseline" in best:
-                figure += f" ({args.frames / best['baseline']:.1f} baseline, {best['baseline'] / best['current']:.2f}x)"
-            rows.append((f"render_maps {size}x{size}, {workload}, threads={threads}", figure, "frames/s"))
-        if "baseline" in versions:
-            new, old = (render(frames, faces, frame_camera, size, size, model.face_part, device=args.device)
-                        for render in versions.values())
-            same = all(np.array_equal(new[name], old[name]) for name in new)
-            rows.append((f"  {workload}: maps of current and baseline", "identical" if same else "DIFFER", ""))
+            for name in versions:
+                figure = f"{args.frames / best[name]:.1f}"
+                if name != "raycast":
+                    figure += f" ({best['raycast'] / best[name]:.2f}x raycast)"
+                rows.append((f"render_maps {size}x{size}, {workload}, {name}, threads={threads}", figure, "frames/s"))
+        rows.extend(agreement_rows(workload, *(versions[method](frames, faces, frame_camera, size, size,
+                                                                model.face_part, device=args.device)
+                                               for method in METHODS)))
 
     maps = render_maps(vertices[:1], faces, camera, size, size, model.face_part, device=args.device)
     rows.append(("body pixels in frame 0", f"{int(maps['silhouette'].sum()):,}", "px"))

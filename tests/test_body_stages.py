@@ -48,7 +48,7 @@ def clip_with(fit_bytes: bytes, key: str = "0123456789abcdef_00003") -> Clip:
 
 def test_render_stage_stores_the_renderers_maps_in_registry_encodings(anny_fit):
     fit, fit_bytes = anny_fit
-    stage = Render({"model_path": None, "device": "cpu", "threads": 1})
+    stage = Render({"model_path": None, "device": "cpu", "threads": 1, "method": "raster"})
     result = stage(clip_with(fit_bytes))
     from humanim.stages.body_models import load_body_model
 
