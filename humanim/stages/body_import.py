@@ -1,16 +1,35 @@
 """SMPL parameters from 4D-Humans (HMR 2.0 tracked by PHALP, its `track.py`) instead of fitting.
 
 The tracker writes one pickle per video with joblib.dump, compressed (`outputs/results/demo_<video>.pkl`): a
-dict from frame name to that frame's results, each a dict of lists with one entry per tracked person, aligned
-with its `tracked_ids` (the layout that PHALP's users document, `tid`, `bbox`, `size` and features beside):
-- `smpl`: {"global_orient": [1, 3, 3], "body_pose": [23, 3, 3] rotation matrices, "betas": [10]};
-- `camera`: [3] the translation that puts the posed SMPL body (transl 0) into the camera frame;
-- `tracked_bbox` (else `bbox`): [x0, y0, w, h] in source pixels;
-- `time`: the frame's index in the video (else the number in the frame's file name).
-The camera frame is OpenCV's (x right, y down, z forward): HMR 2.0 renders with a focal length of 5000 px for
-a 256 px crop, which on the full frame is 5000 / 256 x max(width, height), with the principal point at the
-frame's centre. Our clips are cut out of the source and resized (the decode stage's crop_box), so the camera's
-intrinsics are carried through that crop; the body itself does not move.
+dict from frame name (the path of the frame image it read) to that frame's results. Checked against the code
+that writes and reads it (PHALP's tracker in PHALP.py, its `track` and `get_human_features` methods; the
+tracks reader `get_tracks` of its utils_tracks.py; its visualizer's `render_video`; 4D-Humans' track.py),
+each frame holds:
+- `time`: the frame's index among those the tracker read (`shot`, `frame_path` beside);
+- `tid`, `tracked_time`: every confirmed track alive at that frame and the frames since it was last detected,
+  with, aligned to them, one entry per track of `bbox` ([x0, y0, w, h] of the detection in the frame's pixels,
+  continuous: pixel i spans [i, i + 1)), `size` ([height, width] of the frame), `smpl` ({"global_orient":
+  [1, 3, 3], "body_pose": [23, 3, 3] rotation matrices, "betas": [10]}, HMR 2.0's prediction as it is),
+  `camera` ([3] the translation that puts the posed SMPL body, transl 0, into the camera frame), `camera_bbox`
+  (HMR 2.0's weak-perspective camera of its crop), `center`, `scale`, `conf`, joints and a mask;
+- `tracked_ids`, `tracked_bbox`: the tracks detected in that frame, a shorter list that is NOT aligned with
+  `smpl`: a track missed in a frame (tracked_time > 0) stays in `tid` for up to cfg.phalp.max_age_track (50)
+  frames with the entries of its last detection repeated. Only entries with tracked_time 0 are read here, as
+  PHALP's own reader does; PHALP's optional smoothing (results_temporal/) marks the frames it filled in with
+  -1, also skipped.
+The camera: PHALP pads the frame to a square of its long side S (the odd pixel of padding at the bottom or
+right), resizes that to cfg.render.res (256) and turns HMR 2.0's crop camera into a translation for a focal
+length of cfg.EXTRA.FOCAL_LENGTH (5000) pixels there, the principal point at the square's centre (HMAR's
+`get_3d_parameters` in hmar.py; 4D-Humans' config leaves both as they are). In the frame's pixels that is a
+focal length of 5000 / 256 x S and a principal point at the padded square's centre, which is the frame's
+centre up to half a pixel where the padding is odd. The camera frame is OpenCV's (x right, y down, z forward):
+PHALP projects joints as f X / Z + c; its mesh renderer (py_renderer.py) turns the posed mesh 180 degrees
+about x only to hand it to pyrender's OpenGL camera. The tracker reads the video's frames from the first one
+(frame files numbered from 000001) and, by its default cfg.video.end_frame, only the first 1300; a run with
+cfg.video.start_frame set would shift `time` and cannot be told from the file.
+
+Our clips are cut out of the source and resized (the decode stage's crop_box), so the camera's intrinsics are
+carried through that crop; the body itself does not move.
 
 Unpickling runs code from the file: only read tracking output you made or trust. Pickles are only ever read
 here, from a user's own files; shards never hold one (BodyFit is stored as an npz without pickle).
@@ -26,8 +45,12 @@ import numpy as np
 
 from humanim.stages.fit import BodyFit
 
-HMR2_FOCAL_PER_PIXEL = 5000.0 / 256.0  # HMR 2.0's focal length over its crop size: times the frame's long side
+PHALP_FOCAL_LENGTH = 5000.0  # cfg.EXTRA.FOCAL_LENGTH: pixels of the square below
+PHALP_SQUARE_SIZE = 256  # cfg.render.res: the side the frame's padded square is resized to
 SMPL_BODY_JOINTS = 23
+# What every frame of PHALP's output holds (it writes all of them, empty lists in a frame without people).
+REQUIRED_KEYS = ("tid", "tracked_time", "smpl", "camera", "bbox")
+FRAME_FILE_FIRST_NUMBER = 1  # PHALP's frame extractor names the video's first frame 000001
 
 
 class TrackingFormatError(ValueError):
@@ -36,7 +59,7 @@ class TrackingFormatError(ValueError):
 
 @dataclass
 class PersonTrack:
-    """One tracked person's SMPL parameters over the frames where the tracker saw them, in frame order."""
+    """One tracked person's SMPL parameters over the frames where the tracker detected them, in frame order."""
 
     track_id: int
     frames: np.ndarray  # [N] int: source frame index
@@ -44,7 +67,8 @@ class PersonTrack:
     body_pose: np.ndarray  # [N, 23, 3, 3]
     betas: np.ndarray  # [N, B]
     camera: np.ndarray  # [N, 3] metres
-    boxes: np.ndarray  # [N, 4] x0, y0, w, h in source pixels
+    boxes: np.ndarray  # [N, 4] x0, y0, w, h in source pixels, continuous (pixel i spans [i, i + 1))
+    frame_sizes: np.ndarray  # [N, 2] height, width of the frame the tracker read; -1 where it was not recorded
 
 
 def load_tracking_results(path: str | Path) -> dict:
@@ -63,7 +87,7 @@ def load_tracking_results(path: str | Path) -> dict:
                                   f"install it, or re-save the results as plain arrays and lists") from error
     if not isinstance(results, dict) or not results or not all(isinstance(v, dict) for v in results.values()):
         raise TrackingFormatError(f"{path} holds a {type(results).__name__}, not 4D-Humans tracking output: expected "
-                                  f"a dict from frame name to a dict with tracked_ids, smpl and camera lists")
+                                  f"a dict from frame name to a dict with tid, tracked_time, smpl and camera lists")
     return results
 
 
@@ -73,40 +97,63 @@ def _frame_index(name, frame: dict) -> int:
     digits = re.findall(r"\d+", Path(str(name)).stem)
     if not digits:
         raise TrackingFormatError(f"frame {name!r} has no 'time' and no number in its name to place it in the video")
-    return int(digits[-1])
+    return int(digits[-1]) - FRAME_FILE_FIRST_NUMBER
+
+
+def _detected_entries(name, frame: dict):
+    """(track id, smpl, camera, box, frame size) of the tracks detected in this frame. The per-track lists are
+    aligned with `tid`, which also holds tracks missed here (tracked_time > 0, their last detection repeated;
+    -1 where PHALP's smoothing filled them in): those are left out, as PHALP's own reader does."""
+    missing = [key for key in REQUIRED_KEYS if key not in frame]
+    if missing:
+        raise TrackingFormatError(f"frame {name!r} has no {', '.join(missing)}: not 4D-Humans / PHALP tracking "
+                                  f"output (keys there: {', '.join(map(str, sorted(frame)))})")
+    columns = [frame[key] for key in REQUIRED_KEYS]
+    sizes = frame.get("size", [(-1, -1)] * len(frame["tid"]))
+    if len({len(column) for column in [*columns, sizes]}) != 1:
+        raise TrackingFormatError(f"frame {name!r}: {', '.join(REQUIRED_KEYS)} and size differ in length")
+    for track_id, frames_since_detected, params, camera, box, size in zip(*columns, sizes):
+        if int(frames_since_detected) == 0:
+            yield track_id, params, camera, box, size
 
 
 def person_tracks(results: dict) -> dict[int, PersonTrack]:
     """Every tracked person's parameters, by track id, checking the format as it goes."""
     rows: dict[int, list] = {}
     for name, frame in results.items():
-        missing = [key for key in ("tracked_ids", "smpl", "camera") if key not in frame]
-        if missing:
-            raise TrackingFormatError(f"frame {name!r} has no {', '.join(missing)}: not 4D-Humans tracking output "
-                                      f"(keys there: {', '.join(map(str, sorted(frame)))})")
-        ids, smpl, cameras = frame["tracked_ids"], frame["smpl"], frame["camera"]
-        boxes = frame.get("tracked_bbox", frame.get("bbox", [[np.nan] * 4] * len(ids)))
-        if not len(ids) == len(smpl) == len(cameras) == len(boxes):
-            raise TrackingFormatError(f"frame {name!r}: tracked_ids, smpl, camera and tracked_bbox differ in length")
         index = _frame_index(name, frame)
-        for track_id, params, camera, box in zip(ids, smpl, cameras, boxes):
+        for track_id, params, camera, box, size in _detected_entries(name, frame):
             try:
                 orient = np.asarray(params["global_orient"], np.float64).reshape(3, 3)
                 body = np.asarray(params["body_pose"], np.float64).reshape(SMPL_BODY_JOINTS, 3, 3)
                 betas = np.asarray(params["betas"], np.float64).reshape(-1)
                 camera = np.asarray(camera, np.float64).reshape(3)
-            except (KeyError, TypeError, ValueError) as error:
+                box = np.asarray(box, np.float64).reshape(4)
+                size = np.asarray(size, np.int64).reshape(2)
+            except (KeyError, TypeError, ValueError, IndexError) as error:
                 raise TrackingFormatError(
                     f"frame {name!r}, track {track_id}: smpl must hold global_orient [1, 3, 3], body_pose "
-                    f"[23, 3, 3] rotation matrices and betas [10], and camera a translation [3] ({error})") from error
-            rows.setdefault(int(track_id), []).append(
-                (index, orient, body, betas, camera, np.asarray(box, np.float64).reshape(4)))
+                    f"[23, 3, 3] rotation matrices and betas [10], camera a translation [3], bbox [x0, y0, w, h] "
+                    f"and size [height, width] ({error})") from error
+            rows.setdefault(int(track_id), []).append((index, orient, body, betas, camera, box, size))
     tracks = {}
     for track_id, entries in rows.items():
         entries.sort(key=lambda entry: entry[0])
         columns = list(zip(*entries))
         tracks[track_id] = PersonTrack(track_id, np.array(columns[0]), *(np.stack(c) for c in columns[1:]))
     return tracks
+
+
+def tracker_camera(width: int, height: int) -> tuple[float, np.ndarray]:
+    """(focal length, principal point [2]) of the camera that the tracker's `camera` translations are for, in
+    the pixels of a width x height frame with pixel centres at integers. PHALP pads the frame to a square of its
+    long side, the odd pixel of padding at the bottom or right, and resizes it to PHALP_SQUARE_SIZE, where the
+    focal length is PHALP_FOCAL_LENGTH and the principal point the centre."""
+    side = max(width, height)
+    padding_before = np.array([(side - width) // 2, (side - height) // 2])
+    focal = PHALP_FOCAL_LENGTH * side / PHALP_SQUARE_SIZE
+    # The square's centre, side / 2 in PHALP's continuous coordinates, less half a pixel for ours.
+    return focal, side / 2 - padding_before - 0.5
 
 
 def source_to_clip(crop_box, clip_size: tuple[int, int]):
@@ -134,8 +181,9 @@ def choose_track(tracks: dict[int, PersonTrack], source_frames, crop_box, clip_s
         area = 0.0
         for t in np.flatnonzero(present):
             box = track.boxes[np.searchsorted(track.frames, source_frames[t])]
-            low = box[:2] * scale + offset
-            high = (box[:2] + box[2:]) * scale + offset
+            # The box's edges are continuous coordinates; half a pixel less puts them in ours.
+            low = (box[:2] - 0.5) * scale + offset
+            high = (box[:2] + box[2:] - 0.5) * scale + offset
             area += float(np.prod(np.clip(high - low, 0, None)))
             if keypoints is not None:
                 points = keypoints[t][keypoints[t, :, 2] >= score_threshold, :2]
@@ -145,8 +193,21 @@ def choose_track(tracks: dict[int, PersonTrack], source_frames, crop_box, clip_s
         if score > best_score:
             best, best_score = track, score
     if best is None:
-        raise TrackingFormatError("no tracked person appears in this clip's frames")
+        covered = np.concatenate([track.frames for track in tracks.values()]) if tracks else np.zeros(0, int)
+        extent = f"frames {covered.min()} to {covered.max()}" if len(covered) else "no frame"
+        raise TrackingFormatError(f"no tracked person appears in this clip's frames (the tracking has people in "
+                                  f"{extent}; PHALP stops at cfg.video.end_frame, 1300 frames by default)")
     return best
+
+
+def _check_frame_size(track: PersonTrack, source_width: int, source_height: int) -> None:
+    """The tracker's boxes and camera are in the pixels of the frames it read: those must be the source's."""
+    recorded = track.frame_sizes[(track.frame_sizes > 0).all(1)]
+    if len(recorded) and not (recorded == (source_height, source_width)).all():
+        height, width = recorded[np.flatnonzero((recorded != (source_height, source_width)).any(1))[0]]
+        raise TrackingFormatError(f"track {track.track_id}: the tracker read frames of {width} x {height} pixels, "
+                                  f"the source is {source_width} x {source_height}: run it on the source video "
+                                  f"itself, turned upright if it is rotated")
 
 
 def track_to_fit(track: PersonTrack, source_frames, source_size: tuple[int, int], crop_box,
@@ -161,8 +222,8 @@ def track_to_fit(track: PersonTrack, source_frames, source_size: tuple[int, int]
         raise TrackingFormatError(f"track {track.track_id} has none of this clip's frames")
     nearest = np.abs(track.frames[None, :] - source_frames[:, None]).argmin(1)
     source_width, source_height = source_size
-    focal = HMR2_FOCAL_PER_PIXEL * max(source_width, source_height)
-    centre = np.array([(source_width - 1) / 2, (source_height - 1) / 2])
+    _check_frame_size(track, source_width, source_height)
+    focal, centre = tracker_camera(source_width, source_height)
     scale, offset = source_to_clip(crop_box, clip_size)
     orient = Rotation.from_matrix(track.global_orient[nearest]).as_rotvec()
     pose = Rotation.from_matrix(track.body_pose[nearest].reshape(-1, 3, 3)).as_rotvec().reshape(len(nearest), -1, 3)
