@@ -57,7 +57,8 @@ def per_pixel_noise(surface: FrameSurface, canonical: CanonicalNoise, generator:
     image = torch.zeros(HEIGHT * WIDTH, channels)
     image[torch.from_numpy(surface.pixels)] = table[texels] / count.sqrt() + fresh - mean
     cells = image.reshape(HEIGHT // stride, stride, WIDTH // stride, stride, channels).sum(dim=(1, 3))
-    background = torch.from_numpy(np.sqrt(stride * stride - surface.cell_pixels).astype(np.float32))
+    cell_pixels = np.bincount(surface.cells, minlength=(HEIGHT // stride) * (WIDTH // stride))
+    background = torch.from_numpy(np.sqrt(stride * stride - cell_pixels).astype(np.float32))
     return (cells.reshape(-1, channels) + background[:, None] * torch.from_numpy(canonical.background)) / stride
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import warp as wp
 
 from humanim.schemas.keys import derive_seed
 from humanim.stages.base import Annotations, Clip, ClipRejected, Resources, Stage
@@ -55,6 +56,18 @@ MIN_MATCHED_SHARE = 0.5
 
 # torch says once per process that sparse CSR is beta; the one product used here (CSR @ dense) is stable.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+# The passes over (texel, cell) pairs that numpy cannot vectorise run as Warp kernels on the CPU. One CPU launch
+# is one serial loop on one core, so each kernel is a single launch (dim=1) that loops itself; the kernels are
+# written for the CPU (on CUDA such a launch would run on one thread).
+# - Loops are `while` loops: Warp's `for i in range(n)` steps an iterator that allows any step sign, 5x slower per
+#   iteration than a while loop, which compiles to a plain loop.
+# - Float operations are not fused (a fused multiply-add rounds once where numpy and torch round twice), and each
+#   sum adds its terms in the order of the numpy and torch passes these kernels replaced: the output is
+#   bit-identical to theirs (docs/NOISE.md).
+# - Per-pixel arithmetic stays in numpy: vectorised, it beats a serial loop (texel ids, keys: 0.6 ms per frame).
+KERNEL_OPTIONS = {"fuse_fp": False, "enable_backward": False}
+wp.set_module_options(KERNEL_OPTIONS)
 
 
 # ---------------------------------------------------------------- texels: the surface partition
@@ -175,11 +188,19 @@ class FrameSurface:
     # set by assign_texels, once the clip's texel rows are known:
     level: int = 0
     texels: np.ndarray | None = None  # [P] texel id at `level`
-    texel_pixels: np.ndarray | None = None  # [rows * 4^level] pixels per texel in this frame
-    pair_cell: np.ndarray | None = None  # [R] the texel/cell pairs of this frame, sorted by cell then texel
-    pair_texel: np.ndarray | None = None
-    pair_count: np.ndarray | None = None  # [R] pixels of the pair's texel in the pair's cell
-    cell_pixels: np.ndarray | None = None  # [h * w] body pixels per latent cell
+    num_texels: int = 0  # rows * 4^level
+    # The (texel, cell) pairs, sorted by texel then cell. Texel-major, so that a texel's pairs, all of which its
+    # residual needs, are one run (pairs texel_start[g] to texel_start[g + 1] for the g-th texel seen) and the
+    # canonical table is read in order; each cell still receives its terms in increasing texel order.
+    pair_texel: np.ndarray | None = None  # [R] int32
+    pair_cell: np.ndarray | None = None  # [R] int32
+    pair_count: np.ndarray | None = None  # [R] int32 m: pixels of the pair's texel in the pair's cell
+    texel_start: np.ndarray | None = None  # [texels seen + 1] int32
+
+    @property
+    def texel_pixels(self) -> np.ndarray:
+        """[rows * 4^level] pixels per texel, for readers: the kernels count them from the pairs."""
+        return np.bincount(self.texels, minlength=self.num_texels)
 
     @classmethod
     def from_render(cls, face_id: np.ndarray, barycentric: np.ndarray, cell_of_pixel: np.ndarray) -> FrameSurface:
@@ -189,38 +210,45 @@ class FrameSurface:
         return cls(pixels, cell_of_pixel[pixels], flat_face[pixels], weights[:, 1][pixels], weights[:, 2][pixels])
 
     def assign_texels(self, level: int, face_row: np.ndarray, num_rows: int, num_cells: int) -> None:
+        """Texels at `level` of the pixels, and the pairs; face_row holds the row of every face of the frame."""
         num_texels = num_rows * 4 ** level
         self.level = level
         texels = texel_local_index(self.b1, self.b2, level)
         texels += (face_row * np.int32(4 ** level))[self.faces]  # scale the small table, not every pixel
         self.texels = texels
-        self.texel_pixels = np.bincount(texels, minlength=num_texels)
-        # key = cell << bits | texel: sorts as cell * texels + texel, and splits back with a shift and a mask
-        # instead of a division; 32-bit keys sort twice as fast
-        bits = max(num_texels - 1, 0).bit_length()
-        key_type = np.int32 if num_cells << bits <= 2 ** 31 else np.int64
-        keys = self.cells.astype(key_type)
+        self.num_texels = num_texels
+        # key = texel << bits | cell sorts by texel, then cell, and splits back with a shift and a mask; 32-bit keys
+        # sort 5x faster than 64-bit ones (numpy's vectorised sort)
+        bits = max(num_cells - 1, 0).bit_length()
+        key_type = np.int32 if num_texels << bits <= 2 ** 31 else np.int64
+        keys = texels.astype(key_type)
         keys <<= bits
-        keys |= texels
+        keys |= self.cells
         keys.sort()
-        new_run = np.empty(keys.size, bool)
-        new_run[:1] = True
-        np.not_equal(keys[1:], keys[:-1], out=new_run[1:])
-        run_start = np.flatnonzero(new_run)
-        self.pair_count = np.diff(run_start, append=keys.size)
-        # pair cells and texels as intp: bincount and fancy indexing convert anything else on every use
-        pair_keys = keys[run_start].astype(np.intp)
-        self.pair_texel = pair_keys & ((1 << bits) - 1)
+        run_start = run_starts(keys)  # a run of equal keys is one pair
+        self.pair_count = np.diff(run_start, append=keys.size).astype(np.int32)
+        pair_keys = keys[run_start]
+        self.pair_cell = (pair_keys & ((1 << bits) - 1)).astype(np.int32, copy=False)
         pair_keys >>= bits
-        self.pair_cell = pair_keys
-        self.cell_pixels = np.bincount(pair_keys, weights=self.pair_count, minlength=num_cells)
+        self.pair_texel = pair_keys.astype(np.int32, copy=False)
+        self.texel_start = np.append(run_starts(self.pair_texel), len(self.pair_texel)).astype(np.int32)
+
+
+def run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Where each run of equal values starts."""
+    new_run = np.empty(sorted_values.size, bool)
+    new_run[:1] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=new_run[1:])
+    return np.flatnonzero(new_run)
 
 
 def weighted_row_sums(targets: np.ndarray, columns: np.ndarray, weights: np.ndarray, rows: np.ndarray,
                       num_targets: int) -> np.ndarray:
-    """out[targets[i]] += weights[i] * rows[columns[i]] for sorted targets, as one sparse product: an order of
-    magnitude faster than gathering the rows and scattering them."""
-    row_start = np.searchsorted(targets, np.arange(num_targets + 1))  # targets are sorted: no pass over them
+    """out[targets[i]] += weights[i] * rows[columns[i]], as one sparse product: the tests build with it noise that
+    the stage does not."""
+    order = np.argsort(targets, kind="stable")  # CSR: the entries row by row
+    targets, columns, weights = targets[order], columns[order], weights[order]
+    row_start = np.searchsorted(targets, np.arange(num_targets + 1))
     columns = torch.from_numpy(columns.astype(np.int64, copy=False))
     matrix = torch.sparse_csr_tensor(torch.from_numpy(row_start), columns,
                                      torch.from_numpy(weights.astype(np.float32)), size=(num_targets, len(rows)),
@@ -228,70 +256,103 @@ def weighted_row_sums(targets: np.ndarray, columns: np.ndarray, weights: np.ndar
     return (matrix @ torch.from_numpy(rows)).numpy()
 
 
-def split_texel_sums(cell: np.ndarray, texel: np.ndarray, count: np.ndarray, texel_pixels: np.ndarray,
-                     num_cells: int, channels: int, generator: torch.Generator) -> np.ndarray:
-    """[h * w, C] cell sums of W_i = E_i - m_i mean(e) over pairs (sorted by cell) of texels split over K >= 2
-    cells; E_i is the fresh noise summed over the texel's m_i pixels in cell i.
-
-    W has covariance diag(m) - m m^T / n = D^1/2 (I - u u^T) D^1/2 with u = sqrt(m / n) a unit vector. The
-    Householder reflection H = I - v v^T / (1 + u_K), v = u + e_K, maps u to -e_K, so its first K - 1 columns
-    are an orthonormal basis of u's complement and W = D^1/2 H[:, :K-1] h with K - 1 normals h (docs/NOISE.md).
-    """
-    order = stable_argsort(texel)  # the pairs grouped by texel; the last of each group is its pivot
-    num_pairs = texel.size
-    grouped = texel[order]
-    new_group = np.empty(num_pairs, bool)
-    new_group[:1] = True
-    np.not_equal(grouped[1:], grouped[:-1], out=new_group[1:])
-    start = np.flatnonzero(new_group)
-    size = np.diff(start, append=num_pairs)
-    u_pair = np.sqrt(count / texel_pixels)  # in cell order; elementwise, so the same values as in texel order
-    u = u_pair[order]
-    pivot_u = u[start + size - 1]
-    h = torch.randn(num_pairs - start.size, channels, generator=generator).numpy()
-    # Back in cell order: pair i of group g, at rank r in it, takes K - 1 entries, one per free column j < K.
-    position = np.empty(num_pairs, np.intp)
-    position[order] = np.arange(num_pairs)
-    group_of_sorted = np.cumsum(new_group)
-    group_of_sorted -= 1
-    group = group_of_sorted[position]
-    group_start = start[group]
-    rank = position - group_start
-    if size.size and size.min() == size.max() == 2:  # every texel in two cells (common): one entry per pair
-        u_j = u[group_start]
-        pivot_row = rank == 1
-        householder = rank == 0
-        householder = householder - u_pair * u_j / (1.0 + pivot_u[group])
-        householder = np.where(pivot_row, -u_j, householder)
-        h_row = group_start - group
-        return weighted_row_sums(cell, h_row, np.sqrt(count) * householder, h, num_cells)
-    free = size[group] - 1
-    pair = np.repeat(np.arange(num_pairs), free)
-    column = np.arange(pair.size) - np.repeat(np.cumsum(free) - free, free)
-    entry_group = group[pair]
-    entry_start = group_start[pair]
-    entry_rank = rank[pair]
-    u_j = u[entry_start + column]
-    householder = entry_rank == column
-    householder = householder - u_pair[pair] * u_j / (1.0 + pivot_u[entry_group])
-    householder = np.where(entry_rank == free[pair], -u_j, householder)  # the pivot's row of H is -u_j
-    # every earlier group has one pivot, so group g's free columns start at row start[g] - g of h
-    h_row = entry_start - entry_group + column
-    return weighted_row_sums(cell[pair], h_row, np.sqrt(count[pair]) * householder, h, num_cells)
+@wp.func
+def _add_canonical_terms(first: wp.int32, end: wp.int32, pair_texel: wp.array(dtype=wp.int32),
+                         pair_cell: wp.array(dtype=wp.int32), pair_count: wp.array(dtype=wp.int32),
+                         canonical: wp.array(dtype=Any), canonical_sum: wp.array(dtype=Any),
+                         cell_pixels: wp.array(dtype=wp.int32)) -> wp.float64:
+    """The pairs first to end of one texel: m Z / sqrt(n) into each pair's cell's sum, m into its body pixels;
+    returns n, the texel's pixels."""
+    pixels = wp.int32(0)
+    pair = first
+    while pair < end:
+        pixels += pair_count[pair]
+        pair += 1
+    n = wp.float64(pixels)
+    root_n = wp.sqrt(n)
+    z = canonical[pair_texel[first]]
+    pair = first
+    while pair < end:
+        cell = pair_cell[pair]
+        canonical_sum[cell] = canonical_sum[cell] + wp.float32(wp.float64(pair_count[pair]) / root_n) * z
+        cell_pixels[cell] += pair_count[pair]
+        pair += 1
+    return n
 
 
-def stable_argsort(values: np.ndarray) -> np.ndarray:
-    """np.argsort(values, kind="stable") of non-negative integers, as one value sort of value << b | position
-    (b bits hold any position): equal values keep their order, and numpy sorts plain int64 values faster than
-    it argsorts (merge sort) wider than 16-bit keys."""
-    bits = values.size.bit_length()
-    if values.size == 0 or int(values.max()) >= 1 << (63 - bits):
-        return np.argsort(values, kind="stable")
-    keys = values.astype(np.int64) << bits
-    keys |= np.arange(values.size)
-    keys.sort()
-    keys &= (1 << bits) - 1
-    return keys
+@wp.func
+def _add_residual_terms(first: wp.int32, end: wp.int32, n: wp.float64, fresh_row: wp.int32,
+                        pair_cell: wp.array(dtype=wp.int32), pair_count: wp.array(dtype=wp.int32),
+                        fresh: wp.array(dtype=Any), residual_sum: wp.array(dtype=Any),
+                        pair_u: wp.array(dtype=wp.float64)):
+    """One texel split over K = end - first > 1 cells, with normals h from fresh[fresh_row:][:K - 1]: sqrt(m)
+    H[rank, column] h_column into each pair's cell, H[rank, column] = delta - u_rank u_column / (1 + u_pivot) and
+    -u_column on the pivot's row (the last cell), u = sqrt(m / n). pair_u holds the texel's u meanwhile."""
+    pair = first
+    while pair < end:
+        pair_u[pair] = wp.sqrt(wp.float64(pair_count[pair]) / n)
+        pair += 1
+    pivot = end - 1 - first
+    scale = wp.float64(1.0) + pair_u[end - 1]
+    pair = first
+    while pair < end:
+        cell = pair_cell[pair]
+        root_m = wp.sqrt(wp.float64(pair_count[pair]))
+        rank = pair - first
+        column = wp.int32(0)
+        while column < pivot:
+            delta = wp.float64(0.0)
+            if rank == column:
+                delta = wp.float64(1.0)
+            householder = delta - pair_u[pair] * pair_u[first + column] / scale
+            if rank == pivot:
+                householder = -pair_u[first + column]
+            residual_sum[cell] = residual_sum[cell] + wp.float32(root_m * householder) * fresh[fresh_row + column]
+            column += 1
+        pair += 1
+
+
+@lru_cache(maxsize=None)
+def texel_noise_kernel(channels: int) -> wp.Kernel:
+    """The noise kernel for C channels, compiled once per C: a C-vector keeps a row in registers, 6x faster than a
+    loop over the channels through memory."""
+    row = wp.types.vector(length=channels, dtype=wp.float32)
+
+    @wp.kernel(module="unique", module_options=KERNEL_OPTIONS)
+    def texel_noise(texel_start: wp.array(dtype=wp.int32), pair_texel: wp.array(dtype=wp.int32),
+                    pair_cell: wp.array(dtype=wp.int32), pair_count: wp.array(dtype=wp.int32),
+                    canonical: wp.array(dtype=row), fresh: wp.array(dtype=row), background: wp.array(dtype=row),
+                    stride: wp.int32, canonical_sum: wp.array(dtype=row), residual_sum: wp.array(dtype=row),
+                    cell_pixels: wp.array(dtype=wp.int32), pair_u: wp.array(dtype=wp.float64),
+                    noise: wp.array(dtype=row)):
+        # Texel by texel, its canonical terms and, if it is split, its residual terms go to their cells' sums
+        # (scratch, like cell_pixels and pair_u). Each cell receives its terms in increasing texel order, the order
+        # of the two sparse products this replaced (rows sorted by texel), so the sums are theirs to the bit.
+        cell = wp.int32(0)
+        while cell < noise.shape[0]:
+            canonical_sum[cell] = row()
+            residual_sum[cell] = row()
+            cell_pixels[cell] = 0
+            cell += 1
+        fresh_row = wp.int32(0)
+        texel = wp.int32(0)
+        while texel < texel_start.shape[0] - 1:
+            first = texel_start[texel]
+            end = texel_start[texel + 1]
+            n = _add_canonical_terms(first, end, pair_texel, pair_cell, pair_count, canonical, canonical_sum,
+                                     cell_pixels)
+            if end - first > 1:
+                _add_residual_terms(first, end, n, fresh_row, pair_cell, pair_count, fresh, residual_sum, pair_u)
+                fresh_row += end - first - 1
+            texel += 1
+        cell = wp.int32(0)
+        while cell < noise.shape[0]:
+            background_weight = wp.float32(wp.sqrt(wp.float64(stride * stride - cell_pixels[cell])))
+            noise[cell] = (canonical_sum[cell] + residual_sum[cell] + background_weight * background[cell]) / (
+                wp.float32(stride))
+            cell += 1
+
+    return texel_noise
 
 
 def latent_frame_noise(surface: FrameSurface, canonical: CanonicalNoise, stride: int,
@@ -300,19 +361,20 @@ def latent_frame_noise(surface: FrameSurface, canonical: CanonicalNoise, stride:
 
     A texel of n pixels with m_i of them in cell i adds m_i Z / sqrt(n) + W_i to cell i, W_i being the fresh
     pixel noise minus its texel mean, summed over those pixels: zero for a texel inside one cell, K - 1
-    normals for a texel split over K cells.
+    normals for a texel split over K cells. W = D^1/2 H[:, :K-1] h with D = diag(m), h ~ N(0, I_{K-1}) and
+    the Householder reflection H = I - v v^T / (1 + u_K), v = u + e_K, u = sqrt(m / n): its first K - 1
+    columns are an orthonormal basis of u's complement, the space of W's covariance (docs/NOISE.md).
     """
     num_cells, channels = canonical.background.shape
-    table = canonical.texels[surface.level]
-    cell, texel, count = surface.pair_cell, surface.pair_texel, surface.pair_count
-    texel_pixels = surface.texel_pixels[texel]
-    sums = weighted_row_sums(cell, texel, count / np.sqrt(texel_pixels), table, num_cells)
-    split = np.flatnonzero(texel_pixels > count)  # the texel has pixels in another cell too
-    if split.size:
-        sums += split_texel_sums(cell[split], texel[split], count[split], texel_pixels[split], num_cells,
-                                 channels, generator)
-    sums += np.sqrt(stride * stride - surface.cell_pixels).astype(np.float32)[:, None] * canonical.background
-    return sums / np.float32(stride)
+    texels_seen = len(surface.texel_start) - 1
+    # K - 1 rows of normals for each texel over K cells, texel by texel
+    fresh = torch.randn(len(surface.pair_texel) - texels_seen, channels, generator=generator).numpy()
+    noise = np.empty((num_cells, channels), np.float32)
+    wp.launch(texel_noise_kernel(channels), dim=1, device="cpu", inputs=[
+        surface.texel_start, surface.pair_texel, surface.pair_cell, surface.pair_count,
+        canonical.texels[surface.level], fresh, canonical.background, stride, np.empty_like(noise),
+        np.empty_like(noise), np.empty(num_cells, np.int32), np.empty(len(surface.pair_count)), noise])
+    return noise
 
 
 def latent_frame_noise_reference(surface: FrameSurface, canonical: CanonicalNoise, cell_of_pixel: np.ndarray,
@@ -335,6 +397,68 @@ def latent_frame_noise_reference(surface: FrameSurface, canonical: CanonicalNois
 
 
 # ---------------------------------------------------------------- correspondences for the training losses
+@wp.func
+def _source_positions(pixels: wp.array(dtype=wp.int64), texels: wp.array(dtype=wp.int32), width: wp.float64,
+                      positions: wp.array(dtype=wp.vec3d)):
+    """positions[texel] += (1, x, y) over the source frame's pixels: one row per texel, one cache line per pixel.
+    The sums are exact integers in float64. floor(pixel / width) in float64 is the row: the quotient stays at least
+    1 / width below the next integer, far more than its rounding error, and a float division is cheaper than an
+    integer one."""
+    p = wp.int32(0)
+    while p < texels.shape[0]:
+        pixel = wp.float64(pixels[p])
+        y = wp.floor(pixel / width)
+        texel = texels[p]
+        positions[texel] = positions[texel] + wp.vec3d(wp.float64(1.0), pixel - y * width, y)
+        p += 1
+
+
+@wp.func
+def _match_target_pairs(pair_texel: wp.array(dtype=wp.int32), pair_cell: wp.array(dtype=wp.int32),
+                        pair_count: wp.array(dtype=wp.int32), positions: wp.array(dtype=wp.vec3d),
+                        cell_sums: wp.array2d(dtype=wp.float64)):
+    """cell_sums[cell] += (body pixels, matched pixels, x and y sums of their source positions): each pixel of a
+    target pair whose texel the source frame sees takes the texel's mean source position. The pairs come texel by
+    texel, so each cell adds its terms in increasing texel order, as the bincounts this replaced did."""
+    pair = wp.int32(0)
+    while pair < pair_texel.shape[0]:
+        source = positions[pair_texel[pair]]
+        cell = pair_cell[pair]
+        count = wp.float64(pair_count[pair])
+        cell_sums[cell, 0] = cell_sums[cell, 0] + count
+        if source[0] > wp.float64(0.0):
+            share = count / source[0]
+            cell_sums[cell, 1] = cell_sums[cell, 1] + count
+            cell_sums[cell, 2] = cell_sums[cell, 2] + share * source[1]
+            cell_sums[cell, 3] = cell_sums[cell, 3] + share * source[2]
+        pair += 1
+
+
+@wp.kernel
+def _latent_flow(source_pixels: wp.array(dtype=wp.int64), source_texels: wp.array(dtype=wp.int32),
+                 width: wp.float64, pair_texel: wp.array(dtype=wp.int32), pair_cell: wp.array(dtype=wp.int32),
+                 pair_count: wp.array(dtype=wp.int32), grid_width: wp.int32, stride: wp.int32,
+                 min_body_pixels: wp.float64, min_matched_share: wp.float64, positions: wp.array(dtype=wp.vec3d),
+                 cell_sums: wp.array2d(dtype=wp.float64), flow: wp.array2d(dtype=wp.float32),
+                 valid: wp.array(dtype=wp.uint8)):
+    # positions and cell_sums (scratch), flow and valid come zeroed: a cell without matched pixels keeps (0, 0)
+    _source_positions(source_pixels, source_texels, width, positions)
+    _match_target_pairs(pair_texel, pair_cell, pair_count, positions, cell_sums)
+    cell = wp.int32(0)
+    while cell < flow.shape[0]:
+        body = cell_sums[cell, 0]
+        matched = cell_sums[cell, 1]
+        if matched > wp.float64(0.0):
+            # + 0.5: pixel centres; / stride and - (cell + 0.5): pixels to latent cells with centres on integers
+            mean_x = cell_sums[cell, 2] / matched + wp.float64(0.5)
+            mean_y = cell_sums[cell, 3] / matched + wp.float64(0.5)
+            flow[cell, 0] = wp.float32(mean_x / wp.float64(stride) - (wp.float64(cell % grid_width) + wp.float64(0.5)))
+            flow[cell, 1] = wp.float32(mean_y / wp.float64(stride) - (wp.float64(cell // grid_width) + wp.float64(0.5)))
+        if body >= min_body_pixels and matched >= min_matched_share * body:
+            valid[cell] = wp.uint8(1)
+        cell += 1
+
+
 def latent_flow(source: FrameSurface, target: FrameSurface, num_rows: int, width: int, grid: tuple[int, int],
                 stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Backward flow from latent frame t+1 (target) to t (source), in latent cells: [h * w, 2] (dx, dy), and
@@ -345,44 +469,13 @@ def latent_flow(source: FrameSurface, target: FrameSurface, num_rows: int, width
     """
     num_cells = grid[0] * grid[1]
     level = min(source.level, target.level)
-    num_texels = num_rows * 4 ** level
-    source_texels = coarsen(source.texels, source.level, level)
-    seen = source.texel_pixels if level == source.level else np.bincount(source_texels, minlength=num_texels)
-    texel = coarsen(target.pair_texel, target.level, level)
-    # Both coordinate sums in one pass: texel sums of x + y 2^b are exact integers in float64 while they stay
-    # below 2^53, and split back exactly into the sums of x and y (the same values as two bincounts).
-    most = int(seen.max()) if seen.size else 0
-    shift = (most * width).bit_length()
-    if most * (width + (grid[0] * stride) << shift) < 1 << 53:
-        packed = packed_coordinates(grid[0] * stride, width, shift)[source.pixels]
-        sums = np.bincount(source_texels, weights=packed, minlength=num_texels)[texel]
-        texel_sum_y = np.floor(sums * (1.0 / (1 << shift)))
-        texel_sum_x = sums - texel_sum_y * (1 << shift)
-    else:
-        y = source.pixels // width
-        texel_sum_x = np.bincount(source_texels, weights=source.pixels - width * y, minlength=num_texels)[texel]
-        texel_sum_y = np.bincount(source_texels, weights=y, minlength=num_texels)[texel]
-    seen_pixels = seen[texel]
-    matched = np.where(seen_pixels > 0, target.pair_count, 0)
-    share = matched / np.maximum(seen_pixels, 1)  # each target pixel takes its texel's mean source position
-    matched_pixels = np.bincount(target.pair_cell, weights=matched, minlength=num_cells)
-    per_cell = np.maximum(matched_pixels, 1)
-    # + 0.5: pixel centres; / stride and - (cell + 0.5): pixels to latent cells with centres on integers
-    mean_x = (np.bincount(target.pair_cell, weights=share * texel_sum_x, minlength=num_cells) / per_cell + 0.5)
-    mean_y = (np.bincount(target.pair_cell, weights=share * texel_sum_y, minlength=num_cells) / per_cell + 0.5)
-    cell_y, cell_x = np.divmod(np.arange(num_cells), grid[1])
-    flow = np.stack([mean_x / stride - (cell_x + 0.5), mean_y / stride - (cell_y + 0.5)], axis=1)
-    flow[matched_pixels == 0] = 0.0
-    body_pixels = target.cell_pixels
-    valid = (body_pixels >= MIN_BODY_SHARE * stride * stride) & (matched_pixels >= MIN_MATCHED_SHARE * body_pixels)
-    return flow.astype(np.float32), valid
-
-
-@lru_cache(maxsize=8)
-def packed_coordinates(height: int, width: int, shift: int) -> np.ndarray:
-    """[H * W] x + y 2^shift of every pixel: one gather per frame instead of a division and two passes."""
-    pixel = np.arange(height * width, dtype=np.int64)
-    return pixel + pixel // width * ((1 << shift) - width)
+    flow, valid = np.zeros((num_cells, 2), np.float32), np.zeros(num_cells, np.uint8)
+    wp.launch(_latent_flow, dim=1, device="cpu", inputs=[
+        source.pixels, coarsen(source.texels, source.level, level).astype(np.int32, copy=False), float(width),
+        coarsen(target.pair_texel, target.level, level).astype(np.int32, copy=False), target.pair_cell,
+        target.pair_count, grid[1], stride, MIN_BODY_SHARE * stride * stride, MIN_MATCHED_SHARE,
+        np.zeros((num_rows * 4 ** level, 3)), np.zeros((num_cells, 4)), flow, valid])
+    return flow, valid.view(bool)
 
 
 # ---------------------------------------------------------------- one clip
