@@ -446,6 +446,8 @@ class Render(Stage):
         fit = BodyFit.from_npz_bytes(clip.fields["body"])
         height, width = clip.frames.shape[1:3]
         maps = self._renderer.render(fit, height, width, threads=self.threads)
-        meta = {"model": fit.model, "back_end": "warp", "method": self.method}
+        # PyTorch3D decides visibility in its method; Warp shades every method's pixels.
+        back_end = "pytorch3d + warp" if self.method == "pytorch3d" else "warp"
+        meta = {"model": fit.model, "back_end": back_end, "method": self.method}
         return Annotations(fields=encode_maps(maps), meta=meta,
                            qa={"body_pixel_share": float(maps["silhouette"].mean())})
