@@ -14,6 +14,8 @@ from humanim.stages.base import Clip, ClipRejected, ClipSpec
 from humanim.stages.body import Body, annotate_fit, one_torch_thread, posed_vertices
 from humanim.stages.body_models import axis_angle_to_matrix, load_body_model
 from humanim.stages.fit import BodyFit, FitFailed, FitSettings, fit_clip, frame_size_camera
+from humanim.schemas.keypoints import BODY
+from humanim.stages.render import PinholeCamera
 from humanim.synth.motion import random_motion, project
 from test_body_models import write_tiny_smplx_format_model
 
@@ -148,6 +150,31 @@ def test_a_person_without_lower_body_still_ends_as_a_fit(anny, synthetic):
     fit = fit_clip(keypoints, HEIGHT, WIDTH, anny, FitSettings(iterations=10, gauss_newton_steps=3))
     assert np.isfinite(fit.error_px).all() and np.isfinite(fit.pose).all()
     assert np.median(fit.error_px) < 10.0
+
+
+def test_a_head_and_shoulders_close_up_is_fitted_at_its_scale(anny):
+    # A talking-head framing: the camera zoomed 4x on the shoulders of a known moving body, so only the head and
+    # shoulders are in the frame. The fit must place a whole person of the right size behind them, not a small
+    # person as tall as the visible part (which put the robustness scale and the start off by 4x: 28 px).
+    motion, camera = random_motion(anny, FRAMES, 25.0, seed=11, height=HEIGHT, width=WIDTH)
+    with torch.no_grad():
+        truth = anny.keypoints_only(motion.shape, motion.pose, motion.global_orient, motion.transl).numpy()
+    focal = 4 * camera.fx
+    shoulders = truth[0, [0, 5, 6]].mean(0)
+    close_up = PinholeCamera(focal, focal, 255.5 - focal * shoulders[0] / shoulders[2],
+                             400.0 - focal * shoulders[1] / shoulders[2])
+    keypoints = observe(anny, motion, close_up, seed=1)
+    in_frame = ((keypoints[..., :2] >= 0) & (keypoints[..., :2] < HEIGHT)).all(-1)
+    keypoints[~in_frame, 2] = 0.0
+    assert 5 <= (keypoints[:, BODY, 2] > 0).sum(1).max() <= 7  # nose, eyes, ears, shoulders at most
+    fit = fit_clip(keypoints, HEIGHT, WIDTH, anny, FitSettings(focal=focal))
+    with torch.no_grad():
+        fitted = anny.keypoints_only(torch.as_tensor(fit.shape)[None], torch.as_tensor(fit.pose),
+                                     torch.as_tensor(fit.global_orient), torch.as_tensor(fit.transl)).numpy()
+    error = np.linalg.norm(project(fitted[:, BODY], PinholeCamera(*fit.camera)) - project(truth[:, BODY], close_up),
+                           axis=-1)
+    assert np.median(error[in_frame[:, BODY]]) < 8.0  # the head is about 250 px wide here
+    assert np.nanmean(fit.error_px) < 8.0
 
 
 def test_smpl_code_path_on_a_tiny_smpl_format_model(tmp_path):

@@ -10,7 +10,9 @@ near small person from a far tall one, so estimation is off by default).
 Objective (every term is a mean, so weights do not depend on clip length or keypoint count):
 - reprojection: Geman-McClure of the pixel residual divided by the subject's height in pixels (one robustness
   scale suits a small and a large person), weighted by keypoint score and body part, over the keypoints the
-  model defines whose score passes `score_threshold`;
+  model defines whose score passes `score_threshold`. The height is that of the whole person, also in a
+  close-up that shows a part of them: the visible body keypoints' spread against the same keypoints' spread on
+  the model, times the model's height;
 - pose prior: quadratic pull toward `PosePrior.relaxed`, each joint axis measured against the room the joint
   has on that side (an arm swings further forward than back, so forward costs less);
 - joint limits: quadratic penalty outside each joint's range, far stronger than the prior;
@@ -22,7 +24,9 @@ Objective (every term is a mean, so weights do not depend on clip length or keyp
 Optimisation, in three steps:
 1. Initialisation from the 2D torso: depth from the model's shoulder-to-hip length against the same length in
    pixels and the focal length; image position from the hips; facing direction from the order of the shoulders
-   (a person whose left shoulder appears on the image's left faces away); roll from the torso's tilt.
+   (a person whose left shoulder appears on the image's left faces away); roll from the torso's tilt. In a frame
+   without the whole torso (a head-and-shoulders close-up) depth comes from the visible keypoints' spread
+   against the model's, and the hips are placed below them by the model's proportions.
 2. Levenberg-Marquardt per frame on the body's major joints, orientation and translation together, with
    Jacobians in closed form (`BodyModel.keypoint_jacobian`) and Geman-McClure by reweighting, at a wide
    robustness scale. First-order methods stall on monocular fitting: bending a limb in depth changes its 2D
@@ -172,6 +176,16 @@ def _rotation_to_axis_angle(rotation: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(rotation).as_rotvec().astype(np.float32)
 
 
+def _pixels_per_metre(points: np.ndarray, model_points: np.ndarray) -> float:
+    """Image scale of a person from some of their keypoints [N, 2] and the same keypoints of the rest-pose model
+    [N, 3] (y up): the ratio of their spreads, which no rotation in the image plane changes. With fewer than two
+    points, 1."""
+    model_spread = np.square(model_points[:, :2] - model_points[:, :2].mean(0)).sum()
+    if len(points) < 2 or model_spread <= 0:
+        return 1.0
+    return max(math.sqrt(np.square(points - points.mean(0)).sum() / model_spread), 1e-3)
+
+
 def _initial_placement(keypoints: np.ndarray, confident: np.ndarray, observed: np.ndarray,
                        rest_keypoints: np.ndarray, focal: float, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per frame, (global_orient [T, 3], transl [T, 3]) from the 2D torso; see the module docstring."""
@@ -200,10 +214,12 @@ def _initial_placement(keypoints: np.ndarray, confident: np.ndarray, observed: n
             anchor[t] = lower
             # The torso's tilt in the image: 0 when the shoulders are straight above the hips.
             roll[t] = math.atan2(upper[0] - lower[0], lower[1] - upper[1])
-        else:  # guess from the spread of the body keypoints against the model's height (about 4 torsos)
-            spread = np.ptp(xy[t, body, 1]) if len(body) > 1 else 1.0
-            depth[t] = focal * 4 * torso_metres / max(spread, 1.0)
-            anchor[t] = xy[t, body].mean(0)
+        else:  # a part of the body (a close-up): its size against the same points of the model
+            pixels_per_metre = _pixels_per_metre(xy[t, body], rest_keypoints[body])
+            depth[t] = focal / pixels_per_metre
+            # The hips' midpoint stands below the seen points' centre by their height above it in the model.
+            height_above_hips = rest_keypoints[body, 1].mean() - mid_hip_model[1]
+            anchor[t] = xy[t, body].mean(0) + [0.0, height_above_hips * pixels_per_metre]
         if seen[LEFT_SHOULDER] and seen[RIGHT_SHOULDER]:
             facing_away[t] = float(xy[t, LEFT_SHOULDER, 0] < xy[t, RIGHT_SHOULDER, 0])
         elif seen[LEFT_HIP] and seen[RIGHT_HIP]:
@@ -478,7 +494,16 @@ def fit_clip(keypoints: np.ndarray, height: int, width: int, model: BodyModel,
 
     counted = confident & observed[:, None]
     weights = keypoints[..., 2] * _part_weight_vector(settings)[None] * counted
-    subject_pixels = float(np.median([np.ptp(keypoints[t, confident[t], 1]) for t in np.flatnonzero(observed)]))
+    mean_shape = prior.shape_mean[None].clone()
+    with torch.no_grad():
+        zeros = torch.zeros(1, 3, **as_tensor)
+        rest_keypoints = model.keypoints_only(mean_shape, prior.to_pose(prior.relaxed)[None], zeros, zeros)[0]
+    # The robustness scale follows the whole person's height in pixels, also when a close-up shows a part of them:
+    # measured from the visible body keypoints' spread against the model's, not from their own extent.
+    rest_body = rest_keypoints[BODY].cpu().numpy()
+    subject_pixels = float(np.ptp(rest_body[:, 1]) * np.median([
+        _pixels_per_metre(keypoints[t, BODY][confident[t, BODY], :2], rest_body[confident[t, BODY]])
+        for t in np.flatnonzero(observed)]))
     free = ~prior.locked
     free_names = [name for name, is_free in zip(model.pose_joints, free.tolist()) if is_free]
     problem = _Problem(
@@ -493,10 +518,6 @@ def fit_clip(keypoints: np.ndarray, height: int, width: int, model: BodyModel,
         room_below=(prior.relaxed - prior.lower).clamp(min=0.05),
         half_range=((prior.upper - prior.lower) / 2).clamp(min=1e-3))
 
-    mean_shape = prior.shape_mean[None].clone()
-    with torch.no_grad():
-        zeros = torch.zeros(1, 3, **as_tensor)
-        rest_keypoints = model.keypoints_only(mean_shape, prior.to_pose(prior.relaxed)[None], zeros, zeros)[0]
     orient, transl = _initial_placement(keypoints, confident, observed, rest_keypoints.cpu().numpy(), camera.fx,
                                         np.array([camera.cx, camera.cy]))
     transl_t = torch.as_tensor(transl, **as_tensor)
