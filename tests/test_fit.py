@@ -175,6 +175,16 @@ def test_a_head_and_shoulders_close_up_is_fitted_at_its_scale(anny):
                            axis=-1)
     assert np.median(error[in_frame[:, BODY]]) < 8.0  # the head is about 250 px wide here
     assert np.nanmean(fit.error_px) < 8.0
+    # Nor may the fit shake more than the detections it is fitted to (their 2 px noise): Adam's first steps move
+    # every joint by its learning rate, which at this scale is pixels, frame by frame (1.67x the detections' own
+    # frame-to-frame acceleration before the rate followed the subject's size; 1.11x after).
+    always_seen = in_frame[:, BODY].all(0)
+
+    def acceleration(points):
+        return np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1)[:, always_seen].mean()
+
+    fitted_2d = project(fitted[:, BODY], PinholeCamera(*fit.camera))
+    assert acceleration(fitted_2d) < 1.3 * acceleration(keypoints[:, BODY, :2])
 
 
 def test_smpl_code_path_on_a_tiny_smpl_format_model(tmp_path):

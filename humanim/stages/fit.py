@@ -34,7 +34,8 @@ Optimisation, in three steps:
    needed over a thousand iterations to get as low. (SMPLify's separate first stage on orientation and
    translation bought nothing measurable once this step moves them with the joints.)
 3. Adam on everything (shape, fingers and the temporal terms included), first with the wide robustness scale,
-   then with the sharp one; the learning rate decays linearly to a tenth in each.
+   then with the sharp one; the learning rate decays linearly to a tenth in each, and starts lower for a subject
+   taller on screen than LEARNING_RATE_PIXELS (a close-up), where Adam's first steps would shake the joints.
 
 Frames with fewer than `min_frame_keypoints` confident body keypoints are kept: their unknowns are interpolated
 from the observed frames around them after step 2, the smoothness terms carry them through step 3, and their
@@ -57,6 +58,7 @@ from humanim.stages.render import PinholeCamera
 
 LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP = 5, 6, 11, 12
 TORSO = (LEFT_SHOULDER, RIGHT_SHOULDER, LEFT_HIP, RIGHT_HIP)
+LEARNING_RATE_PIXELS = 450.0  # the subject's height on screen that FitSettings.learning_rate was tuned at
 HAND_JOINT_WORDS = ("finger", "thumb", "index", "middle", "ring", "pinky", "metacarpal")  # Anny's and smplx's
 HAND_STEP = 4.0  # how much faster Adam turns finger joints than the rest (see _Problem.delta_scale)
 MIN_DEPTH = 0.1  # metres: projection divides by depth; the optimiser must never see a body behind the camera
@@ -341,7 +343,11 @@ def _objective(unknowns: _Unknowns, problem: _Problem, scale: float) -> torch.Te
 def _adam(unknowns: _Unknowns, problem: _Problem, parameters: list[torch.Tensor], count: int, scale: float) -> None:
     if count <= 0:
         return
-    optimiser = torch.optim.Adam(parameters, lr=problem.settings.learning_rate)
+    # Adam moves every unknown by about the learning rate in its first steps, whatever its gradient; a joint angle
+    # moved that much shifts a close-up's keypoints by many pixels, and frame by frame in different directions.
+    # So the rate is for a person LEARNING_RATE_PIXELS tall and shrinks for one who is taller on screen.
+    learning_rate = problem.settings.learning_rate * min(1.0, LEARNING_RATE_PIXELS / problem.subject_pixels)
+    optimiser = torch.optim.Adam(parameters, lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LinearLR(optimiser, 1.0, 0.1, total_iters=count)
     for _ in range(count):
         optimiser.zero_grad(set_to_none=True)
