@@ -72,7 +72,8 @@ def run_demo(out: Path, config_path: Path) -> None:
         noise = noise_checks(sample)
         print(f"articulated noise of {keys[0]} at {picture}: on the body ({noise['body_cells']} cells) mean "
               f"{noise['body_mean']:+.3f}, std {noise['body_std']:.3f}, skew {noise['body_skew']:+.3f}, excess "
-              f"kurtosis {noise['body_excess_kurtosis']:+.3f}, KS p {noise['body_ks_p']:.2f}; background mean "
+              f"kurtosis {noise['body_excess_kurtosis']:+.3f}, KS p {noise['body_ks_p']:.2f} (frame by frame, "
+              f"Bonferroni); background mean "
               f"{noise['background_mean']:+.3f}, std {noise['background_std']:.3f}, KS p "
               f"{noise['background_ks_p']:.2f}; correlation with the flow's source cell "
               f"{noise.get('flow_source_correlation', float('nan')):.2f} against "
