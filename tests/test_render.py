@@ -234,6 +234,6 @@ def test_the_render_kernels_compile_for_cuda(tmp_path):
 
     (ptx,) = wp.compile_aot_module(render.__name__, arch=80, module_dir=tmp_path, use_ptx=True)
     code = ptx.read_text()
-    for kernel in ("_rasterize_faces", "_shade_pixels", "_cast_rays", "_accumulate_vertex_normals"):
+    for kernel in ("_rasterize_faces", "_shade_spans", "_cast_rays", "_accumulate_vertex_normals"):
         assert f".entry {kernel}_" in code, kernel
     assert "atom.global.min.u64" in code

@@ -175,35 +175,24 @@ def _shade_pixel(frame: int, y: int, x: int, f: int, points: wp.array2d(dtype=wp
 
 
 @wp.kernel
-def _shade_pixels(zkey: wp.array3d(dtype=wp.uint64), points: wp.array2d(dtype=wp.vec3),
-                  faces: wp.array2d(dtype=wp.int32), vertex_normals: wp.array2d(dtype=wp.vec3),
-                  face_label: wp.array(dtype=wp.int32), fx: float, fy: float, cx: float, cy: float,
-                  face_id: wp.array3d(dtype=wp.int32), barycentric: wp.array3d(dtype=wp.vec3),
-                  depth: wp.array3d(dtype=wp.float32), normal: wp.array3d(dtype=wp.vec3),
-                  label: wp.array3d(dtype=wp.uint8)):
-    # A thread per pixel, for CUDA. Outputs arrive filled with background; only pixels some face won are written.
-    frame, y, x = wp.tid()
-    key = zkey[frame, y, x]
-    if key != EMPTY_KEY:
-        _shade_pixel(frame, y, x, int(key & FACE_MASK), points, faces, vertex_normals, face_label, fx, fy, cx, cy,
-                     face_id, barycentric, depth, normal, label)
-
-
-@wp.kernel
-def _shade_rows(zkey: wp.array3d(dtype=wp.uint64), points: wp.array2d(dtype=wp.vec3),
-                faces: wp.array2d(dtype=wp.int32), vertex_normals: wp.array2d(dtype=wp.vec3),
-                face_label: wp.array(dtype=wp.int32), fx: float, fy: float, cx: float, cy: float,
-                face_id: wp.array3d(dtype=wp.int32), barycentric: wp.array3d(dtype=wp.vec3),
-                depth: wp.array3d(dtype=wp.float32), normal: wp.array3d(dtype=wp.vec3),
-                label: wp.array3d(dtype=wp.uint8)):
-    # A thread per row, for the CPU, where a launch's cost per thread is about that of shading a pixel (a thread
-    # per pixel made this kernel 3x slower).
-    frame, y = wp.tid()
-    for x in range(zkey.shape[2]):
+def _shade_spans(zkey: wp.array3d(dtype=wp.uint64), span: int, points: wp.array2d(dtype=wp.vec3),
+                 faces: wp.array2d(dtype=wp.int32), vertex_normals: wp.array2d(dtype=wp.vec3),
+                 face_label: wp.array(dtype=wp.int32), fx: float, fy: float, cx: float, cy: float,
+                 face_id: wp.array3d(dtype=wp.int32), barycentric: wp.array3d(dtype=wp.vec3),
+                 depth: wp.array3d(dtype=wp.float32), normal: wp.array3d(dtype=wp.vec3),
+                 label: wp.array3d(dtype=wp.uint8)):
+    # A thread shades `span` pixels of a row: a whole row on the CPU, where a launch's cost per thread is about
+    # that of shading a pixel (a thread per pixel was 3x slower), one pixel on CUDA. Outputs arrive filled with
+    # background; only pixels some face won are written. A while loop: Warp's range() costs more per step.
+    frame, y, block = wp.tid()
+    x = block * span
+    end = wp.min(x + span, zkey.shape[2])
+    while x < end:
         key = zkey[frame, y, x]
         if key != EMPTY_KEY:
             _shade_pixel(frame, y, x, int(key & FACE_MASK), points, faces, vertex_normals, face_label, fx, fy, cx,
                          cy, face_id, barycentric, depth, normal, label)
+        x += 1
 
 
 @wp.kernel
@@ -292,8 +281,9 @@ def _render_frames(vertices: np.ndarray, faces: np.ndarray, face_label: np.ndarr
             # The shading kernel reads only the face id from a key: PyTorch3D's visibility, Warp's shading.
             zkey = wp.array(np.where(seen >= 0, seen.astype(np.uint64), EMPTY_KEY), dtype=wp.uint64)
         if method in ("raster", "pytorch3d"):
-            shade, dim = (_shade_rows, zkey.shape[:2]) if on_cpu else (_shade_pixels, zkey.shape)
-            wp.launch(shade, dim=dim, inputs=[zkey, points, *shading], outputs=list(outputs.values()))
+            span = zkey.shape[2] if on_cpu else 1
+            wp.launch(_shade_spans, dim=(*zkey.shape[:2], zkey.shape[2] // span),
+                      inputs=[zkey, span, points, *shading], outputs=list(outputs.values()))
         else:
             _cast_frames(points, vertices, faces, camera, shading, outputs)
         if not on_cpu:
