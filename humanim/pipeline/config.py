@@ -83,7 +83,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "import_dir": None,  # a folder of 4D-Humans / HMR2 outputs to read instead of fitting
     },
-    # model_path: null takes body.model_path; method: raster (z-buffer) | raycast (BVH), the same maps
+    # model_path: null takes body.model_path; method: raster (z-buffer) | raycast (BVH) | pytorch3d: the same maps
     "render": {"model_path": None, "device": "cpu", "threads": 1, "method": "raster"},
     "noise": {"preset": "wan", "texel_level": "auto", "model_path": None, "device": "cpu"},
     "shards": {

@@ -506,7 +506,8 @@ def fit_clip(keypoints: np.ndarray, height: int, width: int, model: BodyModel,
         rest_keypoints = model.keypoints_only(mean_shape, prior.to_pose(prior.relaxed)[None], zeros, zeros)[0]
     # The robustness scale follows the whole person's height in pixels, also when a close-up shows a part of them:
     # measured from the visible body keypoints' spread against the model's, not from their own extent.
-    rest_body = rest_keypoints[BODY].cpu().numpy()
+    rest_keypoints = rest_keypoints.cpu().numpy()
+    rest_body = rest_keypoints[BODY]
     subject_pixels = float(np.ptp(rest_body[:, 1]) * np.median([
         _pixels_per_metre(keypoints[t, BODY][confident[t, BODY], :2], rest_body[confident[t, BODY]])
         for t in np.flatnonzero(observed)]))
@@ -524,7 +525,7 @@ def fit_clip(keypoints: np.ndarray, height: int, width: int, model: BodyModel,
         room_below=(prior.relaxed - prior.lower).clamp(min=0.05),
         half_range=((prior.upper - prior.lower) / 2).clamp(min=1e-3))
 
-    orient, transl = _initial_placement(keypoints, confident, observed, rest_keypoints.cpu().numpy(), camera.fx,
+    orient, transl = _initial_placement(keypoints, confident, observed, rest_keypoints, camera.fx,
                                         np.array([camera.cx, camera.cy]))
     transl_t = torch.as_tensor(transl, **as_tensor)
     unknowns = _Unknowns(

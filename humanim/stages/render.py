@@ -265,27 +265,27 @@ def _render_frames(vertices: np.ndarray, faces: np.ndarray, face_label: np.ndarr
         # On CPU the kernels write straight into the NumPy maps (no copy); on CUDA into device maps copied back.
         outputs = {name: wp.array(maps[name], dtype=MAP_LAYOUT[name][0], copy=not on_cpu) for name in MAP_LAYOUT}
         shading = [face_array, vertex_normals, labels, camera.fx, camera.fy, camera.cx, camera.cy]
-        if method == "raster":
-            # On CPU NumPy fills the z-buffer 5x faster than wp.full's kernel does.
-            shape = maps["face_id"].shape
-            zkey = (wp.array(np.full(shape, EMPTY_KEY, np.uint64), dtype=wp.uint64, copy=False) if on_cpu
-                    else wp.full(shape, EMPTY_KEY, dtype=wp.uint64))
-            wp.launch(_rasterize_faces, dim=(frames, faces.shape[0]),
-                      inputs=[points, face_array, camera.fx, camera.fy, camera.cx, camera.cy, MAX_DEPTH],
-                      outputs=[zkey])
-        if method == "pytorch3d":
-            from humanim.stages.render_pytorch3d import rasterize_face_ids
+        if method == "raycast":
+            _cast_frames(points, vertices, faces, camera, shading, outputs)
+        else:
+            if method == "raster":
+                # On CPU NumPy fills the z-buffer 5x faster than wp.full's kernel does.
+                shape = maps["face_id"].shape
+                zkey = (wp.array(np.full(shape, EMPTY_KEY, np.uint64), dtype=wp.uint64, copy=False) if on_cpu
+                        else wp.full(shape, EMPTY_KEY, dtype=wp.uint64))
+                wp.launch(_rasterize_faces, dim=(frames, faces.shape[0]),
+                          inputs=[points, face_array, camera.fx, camera.fy, camera.cx, camera.cy, MAX_DEPTH],
+                          outputs=[zkey])
+            else:
+                from humanim.stages.render_pytorch3d import rasterize_face_ids
 
-            seen, _ = rasterize_face_ids(vertices, faces, camera.fx, camera.fy, camera.cx, camera.cy,
-                                         *maps["face_id"].shape[1:], device)
-            # The shading kernel reads only the face id from a key: PyTorch3D's visibility, Warp's shading.
-            zkey = wp.array(np.where(seen >= 0, seen.astype(np.uint64), EMPTY_KEY), dtype=wp.uint64)
-        if method in ("raster", "pytorch3d"):
+                seen, _ = rasterize_face_ids(vertices, faces, camera.fx, camera.fy, camera.cx, camera.cy,
+                                             *maps["face_id"].shape[1:], device)
+                # The shading kernel reads only the face id from a key: PyTorch3D's visibility, Warp's shading.
+                zkey = wp.array(np.where(seen >= 0, seen.astype(np.uint64), EMPTY_KEY), dtype=wp.uint64)
             span = zkey.shape[2] if on_cpu else 1
             wp.launch(_shade_spans, dim=(*zkey.shape[:2], zkey.shape[2] // span),
                       inputs=[zkey, span, points, *shading], outputs=list(outputs.values()))
-        else:
-            _cast_frames(points, vertices, faces, camera, shading, outputs)
         if not on_cpu:
             for name, array in outputs.items():
                 maps[name][...] = array.numpy()
@@ -343,8 +343,8 @@ def render_maps(vertices: np.ndarray, faces: np.ndarray, camera: PinholeCamera, 
     if vertices.ndim != 3 or vertices.shape[-1] != 3 or faces.ndim != 2 or faces.shape[-1] != 3:
         raise ValueError(f"expected vertices [T, V, 3] and faces [F, 3], got {vertices.shape} and {faces.shape}")
     check_method(method)
-    if method == "raster" and len(faces) >= 1 << FACE_BITS:
-        raise ValueError(f"the raster method holds face ids in {FACE_BITS} bits: {len(faces)} faces is too many")
+    if method != "raycast" and len(faces) >= 1 << FACE_BITS:  # both shade from a key's low FACE_BITS bits
+        raise ValueError(f"the {method} method holds face ids in {FACE_BITS} bits: {len(faces)} faces is too many")
     face_label = np.zeros(len(faces), np.int32) if face_part is None else face_part.astype(np.int32) + 1
     frames = len(vertices)
     # np.zeros memory is zeroed lazily by the OS, so background that is never written costs nothing here.
@@ -411,7 +411,7 @@ class Render(Stage):
 
     Config keys: model_path (SMPL / SMPL-X file for those fits; the body section's), device (cpu | cuda),
     threads (Warp CPU launches run on one core each; the pipeline gives a clip one core), method (raster |
-    raycast; the same maps, see the module docstring).
+    raycast | pytorch3d; the same maps, see the module docstring).
     """
 
     name = "render"
